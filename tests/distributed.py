@@ -1,0 +1,108 @@
+"""Run a test function in N real processes with a process group and megatron's parallel state.
+
+Usage (the ``run_distributed`` fixture of ``tests/conftest.py`` hands out :func:`run_distributed`)::
+
+    def check(dp_size):            # runs in every rank, after initialize_model_parallel
+        ...
+        return some_tensor          # picklable; collected per rank
+
+    results = run_distributed(check, world_size=4, tp=2, pp=1, dp_size=2)
+
+Backend and device follow the machine: gloo with the CPU shims of ``megatron_patch.cpu_compat``
+when CUDA is absent (processes are forked, so megatron-core is imported once), NCCL with one GPU
+per rank otherwise (processes are spawned: the function must be defined at module level). A
+failure in any rank raises in the caller with that rank's traceback; the other ranks are killed
+rather than left hanging in a collective.
+"""
+
+import datetime
+import os
+import queue as queue_lib
+import socket
+import traceback
+
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
+    from megatron.core import parallel_state
+
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        # Two cores are shared by all ranks: one thread each avoids oversubscription stalls.
+        torch.set_num_threads(1)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+            backend = "nccl"
+        else:
+            from megatron_patch.cpu_compat import apply_cpu_shims
+
+            apply_cpu_shims()
+            backend = "gloo"
+        torch.distributed.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=120)
+        )
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+        )
+        results.put((rank, True, fn(**kwargs)))
+    except BaseException:  # noqa: BLE001 - every failure must reach the parent, with its traceback
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        if torch.distributed.is_initialized():
+            parallel_state.destroy_model_parallel()
+            torch.distributed.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: float = 180, **kwargs) -> list:
+    """Run ``fn(**kwargs)`` in ``world_size`` ranks with TP=``tp``, PP=``pp`` (DP is the rest).
+
+    Returns the list of ``fn``'s return values, indexed by global rank. Raises ``RuntimeError``
+    with the failing ranks' tracebacks if any rank raises, dies or exceeds ``timeout`` seconds.
+    """
+    ctx = mp.get_context("spawn" if torch.cuda.is_available() else "fork")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(rank, world_size, port, tp, pp, fn, kwargs, results), daemon=True)
+        for rank in range(world_size)
+    ]
+    for proc in procs:
+        proc.start()
+    outputs, errors = {}, {}
+    try:
+        while len(outputs) + len(errors) < world_size:
+            try:
+                # Short polls so a rank that died without reporting is noticed.
+                rank, ok, value = results.get(timeout=1.0)
+            except queue_lib.Empty:
+                dead = [r for r, p in enumerate(procs) if not p.is_alive() and r not in outputs and r not in errors]
+                if dead and results.empty():
+                    errors.update({r: f"exited with code {procs[r].exitcode} without a result" for r in dead})
+                timeout -= 1.0
+                if timeout <= 0:
+                    errors[-1] = "timed out"
+                if errors:
+                    break
+                continue
+            (outputs if ok else errors)[rank] = value
+            if errors:
+                break
+    finally:
+        for proc in procs:
+            proc.join(timeout=5 if not errors else 0.5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    if errors:
+        detail = "\n".join(f"--- rank {r} ---\n{msg}" for r, msg in sorted(errors.items()))
+        raise RuntimeError(f"distributed test failed in {len(errors)} rank(s):\n{detail}")
+    return [outputs[rank] for rank in range(world_size)]
