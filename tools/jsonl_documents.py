@@ -1,0 +1,97 @@
+"""Read JSONL documents (one JSON object per line) and account for bad lines.
+
+A line is *bad* when it is not UTF-8, not a JSON object, or lacks one of the wanted keys (or its
+value is not a string). Blank lines are ignored. Line numbers are 1-based, as in an editor.
+"""
+
+import dataclasses
+import json
+from collections import Counter
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+NOT_UTF8 = "not UTF-8"
+NOT_JSON = "not JSON"
+NOT_OBJECT = "not a JSON object"
+MISSING_KEY = "missing key"
+NOT_STRING = "value is not a string"
+ON_BAD_LINE_CHOICES = ("fail", "skip")
+
+
+class BadLineError(ValueError):
+    """Raised on the first bad line when bad lines are not skipped."""
+
+
+def parse_line(raw: bytes, keys: Sequence[str]) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+    """Parse one raw JSONL line.
+
+    Returns:
+        ``(texts, None)`` with one string per key, ``(None, reason)`` for a bad line, or
+        ``(None, None)`` for a blank line.
+    """
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, NOT_UTF8
+    if not line.strip():
+        return None, None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None, NOT_JSON
+    if not isinstance(record, dict):
+        return None, NOT_OBJECT
+    texts = {}
+    for key in keys:
+        if key not in record:
+            return None, f"{MISSING_KEY} '{key}'"
+        if not isinstance(record[key], str):
+            return None, f"{NOT_STRING} ('{key}')"
+        texts[key] = record[key]
+    return texts, None
+
+
+@dataclasses.dataclass
+class BadLineReport:
+    """Counts bad lines by reason and keeps the first ``max_examples`` line numbers."""
+
+    path: str
+    max_examples: int = 20
+    counts: Counter = dataclasses.field(default_factory=Counter)
+    examples: List[Tuple[int, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, line_number: int, reason: str, on_bad_line: str) -> None:
+        """Record a bad line; raise :class:`BadLineError` unless ``on_bad_line == 'skip'``."""
+        if on_bad_line != "skip":
+            raise BadLineError(
+                f"{self.path}:{line_number}: bad line ({reason}). Fix the file, or pass "
+                "--on-bad-line skip to skip bad lines and report them."
+            )
+        self.counts[reason] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append((line_number, reason))
+
+    def summary(self) -> str:
+        """One line: how many bad lines, why, and where the first ones are."""
+        if not self.total:
+            return f"{self.path}: no bad lines"
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.counts.items()))
+        where = ", ".join(f"{line} ({reason})" for line, reason in self.examples)
+        more = " ..." if self.total > len(self.examples) else ""
+        return f"{self.path}: skipped {self.total} bad lines ({reasons}); lines: {where}{more}"
+
+
+def iter_jsonl(
+    path: str, keys: Sequence[str], report: BadLineReport, on_bad_line: str = "fail"
+) -> Iterator[Tuple[int, Dict[str, str]]]:
+    """Yield ``(line_number, {key: text})`` for each good line of ``path``; bad lines go to ``report``."""
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            texts, reason = parse_line(raw, keys)
+            if reason is not None:
+                report.add(line_number, reason, on_bad_line)
+            elif texts is not None:
+                yield line_number, texts

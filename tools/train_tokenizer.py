@@ -1,0 +1,138 @@
+"""Train a SentencePiece tokenizer (BPE by default) on the text of JSONL files.
+
+    python -m tools.train_tokenizer --input data/corpus/jsonl/*_train.jsonl \
+        --output-model data/corpus/tokenizer.model --vocab-size 8192
+
+Defaults suit a small English + code corpus: byte fallback (no unknown tokens), digits split,
+text kept as it is (identity normalisation, whitespace runs kept, so code indentation survives).
+Ids: unk 0, bos 1, eos 2 (used as end-of-document), no pad; megatron-core's SentencePiece
+tokenizer reads the model as it is. Training sees each document's non-empty lines, at most
+``--max-bytes-per-input`` from each input so that every domain counts. The same inputs and flags
+give the same vocabulary; the output is written atomically.
+"""
+
+import argparse
+import io
+import sys
+import time
+from typing import Iterator, List, Sequence
+
+import sentencepiece as spm
+
+from tools.atomic_files import write_bytes_atomically
+from tools.jsonl_documents import ON_BAD_LINE_CHOICES, BadLineReport, iter_jsonl
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+def document_lines(path: str, json_keys: Sequence[str], on_bad_line: str) -> Iterator[str]:
+    """The non-empty lines of the documents of one JSONL file, in file order."""
+    report = BadLineReport(path)
+    for _, texts in iter_jsonl(path, json_keys, report, on_bad_line):
+        for text in texts.values():
+            yield from (line for line in text.split("\n") if line.strip())
+    if report.total:
+        print(f"[train_tokenizer] {report.summary()}", file=sys.stderr)
+
+
+def training_lines(
+    inputs: Sequence[str], json_keys: Sequence[str], max_bytes_per_input: int, on_bad_line: str
+) -> Iterator[str]:
+    """The lines the tokenizer trains on: at most ``max_bytes_per_input`` from each file."""
+    for path in inputs:
+        taken = 0
+        for line in document_lines(path, json_keys, on_bad_line):
+            yield line
+            taken += len(line.encode("utf-8"))
+            if taken >= max_bytes_per_input:
+                break
+
+
+def train_tokenizer(
+    inputs: Sequence[str],
+    output_model: str,
+    *,
+    vocab_size: int = 8192,
+    model_type: str = "bpe",
+    json_keys: Sequence[str] = ("text",),
+    max_bytes_per_input: int = 2_000_000,
+    character_coverage: float = 0.9995,
+    num_threads: int = 2,
+    on_bad_line: str = "fail",
+) -> spm.SentencePieceProcessor:
+    """Train a SentencePiece model on the JSONL ``inputs`` and write it to ``output_model``.
+
+    Returns:
+        The trained model, loaded.
+    """
+    if not output_model.endswith(".model"):
+        raise ValueError(f"--output-model {output_model!r}: the file name must end in '.model'")
+    buffer = io.BytesIO()
+    lines = training_lines(inputs, json_keys, max_bytes_per_input, on_bad_line)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines,
+            model_writer=buffer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=-1,
+            num_threads=num_threads,
+            minloglevel=2,
+        )
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"SentencePiece training failed for --vocab-size {vocab_size} on {list(inputs)}: "
+            f"{error}. A vocabulary too large for the text is the usual cause: lower --vocab-size."
+        ) from error
+    write_bytes_atomically(output_model, buffer.getvalue())
+    return spm.SentencePieceProcessor(model_proto=buffer.getvalue())
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", nargs="+", required=True, help="JSONL files (one document per line)")
+    parser.add_argument("--output-model", required=True, help="where to write the .model file")
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--model-type", default="bpe", choices=("bpe", "unigram", "char", "word"))
+    parser.add_argument("--json-keys", nargs="+", default=["text"], help="keys holding the text")
+    parser.add_argument("--max-bytes-per-input", type=int, default=2_000_000,
+                        help="train on at most this many bytes of text from each input file")
+    parser.add_argument("--character-coverage", type=float, default=0.9995,
+                        help="share of characters covered by pieces; the rest fall back to bytes")
+    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--on-bad-line", choices=ON_BAD_LINE_CHOICES, default="fail")
+    return parser.parse_args(argv)
+
+
+def main(argv: List[str] = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    model = train_tokenizer(
+        args.input,
+        args.output_model,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        json_keys=args.json_keys,
+        max_bytes_per_input=args.max_bytes_per_input,
+        character_coverage=args.character_coverage,
+        num_threads=args.num_threads,
+        on_bad_line=args.on_bad_line,
+    )
+    print(
+        f"[train_tokenizer] wrote {args.output_model}: {model.get_piece_size()} pieces "
+        f"({args.model_type}) in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
