@@ -15,9 +15,11 @@ failure in any rank raises in the caller with that rank's traceback; the other r
 rather than left hanging in a collective.
 """
 
+import contextlib
 import datetime
 import os
 import queue as queue_lib
+import signal
 import socket
 import traceback
 
@@ -35,6 +37,9 @@ def free_port() -> int:
 def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
     from megatron.core import parallel_state
 
+    # Own process group, so the parent can kill this rank together with any helper processes
+    # it started (dist_checkpointing's writers) if the test fails.
+    os.setpgrp()
     try:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         # Two cores are shared by all ranks: one thread each avoids oversubscription stalls.
@@ -69,10 +74,11 @@ def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: f
     with the failing ranks' tracebacks if any rank raises, dies or exceeds ``timeout`` seconds.
     """
     ctx = mp.get_context("spawn" if torch.cuda.is_available() else "fork")
+    # Not daemonic: dist_checkpointing starts helper processes of its own; stragglers are killed below.
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(rank, world_size, port, tp, pp, fn, kwargs, results), daemon=True)
+        ctx.Process(target=_worker, args=(rank, world_size, port, tp, pp, fn, kwargs, results))
         for rank in range(world_size)
     ]
     for proc in procs:
@@ -100,7 +106,8 @@ def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: f
         for proc in procs:
             proc.join(timeout=5 if not errors else 0.5)
             if proc.is_alive():
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.join()
     if errors:
         detail = "\n".join(f"--- rank {r} ---\n{msg}" for r, msg in sorted(errors.items()))

@@ -1,0 +1,281 @@
+"""The reweighted ``loss_func`` for megatron-core's schedules, its config, flags and start-up checks.
+
+A Megatron forward step returns ``(output_tensor, loss_func)``; the schedule calls
+``loss_func(output_tensor)`` once per micro-batch on the last pipeline stage, where
+``output_tensor`` is GPTModel's per-token loss ``[b, s]`` (already reduced over tensor
+parallelism). :func:`make_loss_func` builds that ``loss_func`` from a :class:`ReweightConfig`.
+
+The reweighting group is one micro-batch across the data-parallel (DP) group: the detached
+per-sample losses of the ``dp_size * b`` samples are all-gathered over the DP group (one
+collective), every rank computes the same weights with :func:`reweighting.sample_weights`, and
+keeps its own slice by its rank in the DP group. The returned loss is scaled so that after the
+schedule's division by ``num_tokens`` and by the number of micro-batches, and DDP's gradient
+average over DP, the gradient is that of ``sum_{i in group} w_i * l_i`` (averaged over
+micro-batches). With several micro-batches per step each is its own group, so the group size is
+``micro_batch_size * dp_size``, not the global batch.
+
+The ``uniform`` strategy, and a ``uniform`` warm-up (``r = inf``), return the stock Megatron loss
+``(sum of masked token losses, token count)`` bit for bit, with no collective.
+"""
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import math
+import textwrap
+
+import torch
+
+from reweighting import STRATEGIES, WARMUP_MODES, TemperatureSchedule, check_delta, check_strategy
+from reweighting import sample_weights, weight_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class ReweightConfig:
+    """How the loss is reweighted: the strategy, its delta, and the temperature schedule."""
+
+    strategy: str = "uniform"
+    """Reweighting strategy: uniform (plain training), linupper (the paper's), quadratic, extremes."""
+    delta: float = 1.0
+    """Half-width of the min-max normalised loss range [-delta, delta]."""
+    schedule: TemperatureSchedule = dataclasses.field(default_factory=TemperatureSchedule)
+    """The temperature r as a function of the iteration (warm-up, ramp, target)."""
+
+    def __post_init__(self):
+        check_strategy(self.strategy)
+        check_delta(self.delta)
+
+    @property
+    def reweighting(self) -> bool:
+        """Whether any iteration reweights (False for the ``uniform`` strategy)."""
+        return self.strategy != "uniform"
+
+    def r_at(self, iteration: int) -> float:
+        """The temperature in effect at ``iteration``; ``math.inf`` means plain (stock) training."""
+        return self.schedule.r_at(iteration) if self.reweighting else math.inf
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ReweightConfig":
+        """Build the config from the flags of :func:`add_reweight_args`; errors name the flag."""
+        values = {field: getattr(args, _dest(flag)) for flag, (owner, field, _, _) in _FLAGS.items()}
+        for flag, (owner, field, _, _) in _FLAGS.items():
+            try:
+                owner(**{field: values[field]})  # each field alone, so the error names its flag
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{flag} {values[field]!r}: {err}") from None
+        schedule_fields = {f.name for f in dataclasses.fields(TemperatureSchedule)}
+        schedule = TemperatureSchedule(**{k: v for k, v in values.items() if k in schedule_fields})
+        return cls(schedule=schedule, **{k: v for k, v in values.items() if k not in schedule_fields})
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring under each dataclass field of ``cls`` (the help text of its flag)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(nxt.value.value.replace("``", "").split())
+    return docs
+
+
+# flag -> (dataclass that owns the field, field name, type, choices). Help and defaults come from
+# the dataclass, so the flags cannot drift from the config.
+_FLAGS = {
+    "--reweight-strategy": (ReweightConfig, "strategy", str, STRATEGIES),
+    "--reweight-r": (TemperatureSchedule, "target_r", float, None),
+    "--reweight-delta": (ReweightConfig, "delta", float, None),
+    "--reweight-warmup-iters": (TemperatureSchedule, "warmup_iters", int, None),
+    "--reweight-warmup-mode": (TemperatureSchedule, "warmup_mode", str, WARMUP_MODES),
+    "--reweight-warmup-r": (TemperatureSchedule, "warmup_r", float, None),
+    "--reweight-ramp-iters": (TemperatureSchedule, "ramp_iters", int, None),
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_reweight_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``--reweight-*`` flag group to ``parser``; read it back with ``ReweightConfig.from_args``."""
+    group = parser.add_argument_group("reweighting", "online loss-based per-sample reweighting (Sow et al.)")
+    docs = {cls: _field_docs(cls) for cls in (ReweightConfig, TemperatureSchedule)}
+    for flag, (owner, field, kind, choices) in _FLAGS.items():
+        default = {f.name: f.default for f in dataclasses.fields(owner)}[field]
+        group.add_argument(
+            flag, type=kind, choices=choices, default=default,
+            help=f"{docs[owner][field]} (default: {default})",
+        )
+    return parser
+
+
+def check_reweighting_supported(
+    config: ReweightConfig, *, context_parallel_size: int = 1, calculate_per_token_loss: bool = False
+) -> None:
+    """Refuse, at start-up, parallel settings under which the reweighted loss would be wrong.
+
+    Raises ``ValueError`` naming the flag and what to do. Nothing is refused for ``uniform``.
+    """
+    if not config.reweighting:
+        return
+    if context_parallel_size > 1:
+        raise ValueError(
+            f"--context-parallel-size {context_parallel_size} is not supported with --reweight-strategy "
+            f"{config.strategy} (a sample's tokens would be split across ranks); use --context-parallel-size 1"
+        )
+    if calculate_per_token_loss:
+        raise ValueError(
+            f"--calculate-per-token-loss is not supported with --reweight-strategy {config.strategy} "
+            "(weights are per sample, the loss is a weighted mean of per-sample means); drop the flag"
+        )
+
+
+def per_sample_loss(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-mean loss of each sample over its mask (differentiable).
+
+    Args:
+        token_loss: [b, s] per-token losses.
+        loss_mask: [b, s] (or [b*s]) 1 for tokens that count.
+
+    Returns:
+        ``losses`` [b] float32 (NaN where the mask is empty, non-finite where a counted token is)
+        and ``counts`` [b] float32, the number of masked tokens.
+    """
+    mask = loss_mask.view_as(token_loss) > 0
+    # torch.where, not a product: a non-finite loss on a masked-out token must not leak into the sum.
+    sums = torch.where(mask, token_loss.float(), 0.0).sum(dim=1)
+    counts = mask.sum(dim=1).float()
+    # clamp keeps the backward of an empty sample finite (0/0 would be NaN even with zero grad).
+    return torch.where(counts > 0, sums / counts.clamp(min=1), math.nan), counts
+
+
+def gather_dp(local: torch.Tensor, dp_group) -> torch.Tensor:
+    """All-gather ``local`` [b, k] (detached) over the DP group into [dp_size * b, k], DP-rank-major."""
+    dp_size = torch.distributed.get_world_size(group=dp_group)
+    out = local.new_empty((dp_size * local.shape[0], *local.shape[1:]))
+    torch.distributed.all_gather_into_tensor(out, local.detach().contiguous(), group=dp_group)
+    return out
+
+
+def _stock_loss(token_loss, loss_mask):
+    """Megatron's masked-sum loss and token count, the exact ops of the baseline."""
+    mask = loss_mask.view(-1).float()
+    loss = torch.sum(token_loss.view(-1).float() * mask)
+    return loss, mask.sum().to(torch.int)
+
+
+def _pair(value, count, device) -> torch.Tensor:
+    """A report entry ``tensor([sum, count])``: float32 on ``device``, detached."""
+    parts = [torch.as_tensor(x, dtype=torch.float32, device=device).reshape(()) for x in (value, count)]
+    return torch.stack(parts).detach()
+
+
+def _domain_report(losses, counts, domain_ids, num_domains) -> dict[str, torch.Tensor]:
+    """Per-domain unweighted token-mean loss and token share of this rank's samples ([b] each)."""
+    ids = domain_ids.long()
+    sums = torch.where(counts > 0, losses * counts, 0.0)  # [b] masked token-loss sums
+    dom_sum = sums.new_zeros(num_domains).index_add(0, ids, sums)
+    dom_count = counts.new_zeros(num_domains).index_add(0, ids, counts)
+    total = counts.sum()
+    report = {}
+    for d in range(num_domains):
+        report[f"domain {d} lm loss"] = _pair(dom_sum[d], dom_count[d], losses.device)
+        report[f"domain {d} token share"] = _pair(dom_count[d], total, losses.device)
+    return report
+
+
+def reweighted_loss(
+    loss_mask: torch.Tensor,
+    output_tensor: torch.Tensor,
+    *,
+    strategy: str,
+    r: float,
+    delta: float = 1.0,
+    dp_group,
+    domain_ids: torch.Tensor | None = None,
+    num_domains: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """megatron-core ``loss_func``: ``(loss, num_tokens, report)`` for one micro-batch.
+
+    Args:
+        loss_mask: [b, s] (or [b*s]) 1 for tokens that count.
+        output_tensor: [b, s] per-token losses (GPTModel's output when labels are given).
+        strategy: a :data:`reweighting.STRATEGIES` name.
+        r: the temperature in effect (``config.r_at(iteration)``); ``inf`` = plain training.
+        delta: half-width of the normalised loss range.
+        dp_group: the data-parallel process group (``parallel_state.get_data_parallel_group()``).
+        domain_ids: optional [b] integer domain of each sample (``BlendedDataset``'s dataset id).
+        num_domains: the number of domains; needed with ``domain_ids``.
+
+    Returns:
+        ``loss`` scalar, ``num_tokens`` int scalar (masked tokens of this rank), and ``report``:
+        ``{name: tensor([sum, count])}`` to be summed over micro-batches and DP ranks and logged
+        as ``sum / count``: ``lm loss`` (unweighted token mean), ``weighted loss``, ``reweight r``,
+        ``nonfinite samples`` (sum = count, ratio = fraction); with reweighting on, the weight
+        statistics of :func:`reweighting.weight_stats` as ``weight ess``, ``weight max_weight``,
+        ``weight min_weight``, ``weight entropy``, ``weight low_loss_mass`` (means over
+        micro-batches); with ``domain_ids``, ``domain {d} lm loss``, ``domain {d} token share``
+        and (reweighting on) ``domain {d} weight mass``.
+    """
+    check_strategy(strategy)
+    device = output_tensor.device
+    stock_loss, num_tokens = _stock_loss(output_tensor, loss_mask)
+    live, counts = per_sample_loss(output_tensor, loss_mask)  # [b], [b]
+    losses = live.detach()
+    b = losses.shape[0]
+    report = {
+        "lm loss": _pair(stock_loss, num_tokens, device),
+        "nonfinite samples": _pair(((counts > 0) & ~torch.isfinite(losses)).sum(), b, device),
+    }
+    if domain_ids is not None:
+        if num_domains <= 0:
+            raise ValueError("num_domains must be > 0 when domain_ids are given")
+        report.update(_domain_report(losses, counts, domain_ids, num_domains))
+    if strategy == "uniform" or math.isinf(r):
+        report["weighted loss"] = report["lm loss"].clone()
+        report["reweight r"] = _pair(math.inf, 1, device)
+        return stock_loss, num_tokens, report
+
+    dp_size = torch.distributed.get_world_size(group=dp_group)
+    dp_rank = torch.distributed.get_rank(group=dp_group)
+    # One collective: losses and domain ids travel together (ids are exact in float32 below 2**24).
+    ids = domain_ids.float() if domain_ids is not None else torch.zeros_like(losses)
+    group = gather_dp(torch.stack([losses, ids], dim=1), dp_group)  # [dp*b, 2]
+    weights = sample_weights(group[:, 0], strategy, r, delta)  # [dp*b], 0 where non-finite
+    w_local = weights[dp_rank * b : (dp_rank + 1) * b]  # [b]
+
+    # where(), not a product: a non-finite sample (weight 0) stays out of the value and of the
+    # gradient, which 0 * nan would not.
+    keep = w_local > 0
+    weighted = (w_local * torch.where(keep, live, 0.0)).sum()
+    # The schedule divides by max(num_tokens, 1) and DDP averages over DP: undo both.
+    loss = dp_size * num_tokens.clamp(min=1) * weighted
+
+    report["weighted loss"] = _pair(dp_size * weighted, 1, device)
+    report["reweight r"] = _pair(r, 1, device)
+    group_ids = group[:, 1].long() if domain_ids is not None else None
+    stats = weight_stats(weights, group[:, 0], group_ids, num_domains)
+    stats.pop("num_nonfinite")  # reported per rank above, so that it sums to the step's count
+    group_mass = stats.pop("group_mass", None)
+    for name, value in stats.items():
+        report[f"weight {name}"] = _pair(value, 1, device)
+    for d in range(num_domains if group_mass is not None else 0):
+        report[f"domain {d} weight mass"] = _pair(group_mass[d], 1, device)
+    return loss, num_tokens, report
+
+
+def make_loss_func(
+    loss_mask: torch.Tensor,
+    config: ReweightConfig,
+    iteration: int,
+    dp_group,
+    domain_ids: torch.Tensor | None = None,
+    num_domains: int = 0,
+):
+    """The ``loss_func`` a forward step returns: :func:`reweighted_loss` with the r of ``iteration``."""
+    return functools.partial(
+        reweighted_loss, loss_mask,
+        strategy=config.strategy, r=config.r_at(iteration), delta=config.delta,
+        dp_group=dp_group, domain_ids=domain_ids, num_domains=num_domains,
+    )
