@@ -158,6 +158,29 @@ def gather_dp(local: torch.Tensor, dp_group) -> torch.Tensor:
     return out
 
 
+def dp_sample_weights(
+    losses: torch.Tensor, *, strategy: str, r: float, delta: float, dp_group, domain_ids: torch.Tensor | None = None
+):
+    """Weights of this rank's samples, computed over the micro-batch of the whole DP group.
+
+    Args:
+        losses: [b] detached per-sample losses of this rank.
+        domain_ids: optional [b] domain ids, gathered in the same collective.
+
+    Returns:
+        ``(w_local [b], weights [dp*b], group_losses [dp*b], group_ids [dp*b] long or None)``;
+        every DP rank holds the same ``weights``; ``w_local`` is its slice by its DP rank.
+    """
+    b = losses.shape[0]
+    dp_rank = torch.distributed.get_rank(group=dp_group)
+    # One collective: losses and domain ids travel together (ids are exact in float32 below 2**24).
+    ids = domain_ids.float() if domain_ids is not None else torch.zeros_like(losses)
+    group = gather_dp(torch.stack([losses.float(), ids], dim=1), dp_group)  # [dp*b, 2]
+    weights = sample_weights(group[:, 0], strategy, r, delta)  # [dp*b], 0 where non-finite
+    group_ids = group[:, 1].long() if domain_ids is not None else None
+    return weights[dp_rank * b : (dp_rank + 1) * b], weights, group[:, 0], group_ids
+
+
 def _stock_loss(token_loss, loss_mask):
     """Megatron's masked-sum loss and token count, the exact ops of the baseline."""
     mask = loss_mask.view(-1).float()
@@ -237,13 +260,10 @@ def reweighted_loss(
         report["reweight r"] = _pair(math.inf, 1, device)
         return stock_loss, num_tokens, report
 
+    w_local, weights, group_losses, group_ids = dp_sample_weights(
+        losses, strategy=strategy, r=r, delta=delta, dp_group=dp_group, domain_ids=domain_ids
+    )
     dp_size = torch.distributed.get_world_size(group=dp_group)
-    dp_rank = torch.distributed.get_rank(group=dp_group)
-    # One collective: losses and domain ids travel together (ids are exact in float32 below 2**24).
-    ids = domain_ids.float() if domain_ids is not None else torch.zeros_like(losses)
-    group = gather_dp(torch.stack([losses, ids], dim=1), dp_group)  # [dp*b, 2]
-    weights = sample_weights(group[:, 0], strategy, r, delta)  # [dp*b], 0 where non-finite
-    w_local = weights[dp_rank * b : (dp_rank + 1) * b]  # [b]
 
     # where(), not a product: a non-finite sample (weight 0) stays out of the value and of the
     # gradient, which 0 * nan would not.
@@ -254,8 +274,7 @@ def reweighted_loss(
 
     report["weighted loss"] = _pair(dp_size * weighted, 1, device)
     report["reweight r"] = _pair(r, 1, device)
-    group_ids = group[:, 1].long() if domain_ids is not None else None
-    stats = weight_stats(weights, group[:, 0], group_ids, num_domains)
+    stats = weight_stats(weights, group_losses, group_ids, num_domains)
     stats.pop("num_nonfinite")  # reported per rank above, so that it sums to the step's count
     group_mass = stats.pop("group_mass", None)
     for name, value in stats.items():

@@ -25,6 +25,7 @@ import traceback
 
 import torch
 import torch.multiprocessing as mp
+from multiprocessing.reduction import ForkingPickler
 
 
 def free_port() -> int:
@@ -58,7 +59,9 @@ def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
         )
-        results.put((rank, True, fn(**kwargs)))
+        value = fn(**kwargs)
+        ForkingPickler.dumps(value)  # an unpicklable result fails here, with a traceback
+        results.put((rank, True, value))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent, with its traceback
         results.put((rank, False, traceback.format_exc()))
     finally:
