@@ -1,0 +1,102 @@
+"""Start-up check that the installed megatron-core has every symbol and signature we rely on.
+
+The patch wraps megatron-core instead of forking it, so an upgrade can move or rename what we
+call. Checked before any process group exists, so a mismatch is one clear error on every rank,
+not a hang in a collective or a silent fallback. Extend ``REQUIRED`` when the patch starts to use
+a new megatron-core symbol (a test checks that every ``from megatron.core... import`` in the
+project is listed here).
+"""
+
+import importlib
+import inspect
+
+SUPPORTED_VERSIONS = ("0.16.1",)
+
+# module -> {symbol: parameters its signature must have (empty: existence only)}
+REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
+    "megatron.core": {"parallel_state": (), "tensor_parallel": (), "dist_checkpointing": (), "package_info": ()},
+    "megatron.core.tensor_parallel": {"random": ()},
+    "megatron.core.parallel_state": {
+        "initialize_model_parallel": (
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "context_parallel_size",
+        ),
+        "destroy_model_parallel": (),
+        "get_data_parallel_group": ("with_context_parallel",),
+        "get_data_parallel_rank": ("with_context_parallel",),
+        "get_data_parallel_world_size": ("with_context_parallel",),
+        "is_pipeline_last_stage": (),
+        "is_pipeline_first_stage": (),
+    },
+    "megatron.core.pipeline_parallel": {"get_forward_backward_func": ()},
+    "megatron.core.pipeline_parallel.schedules": {
+        "forward_backward_no_pipelining": (
+            "forward_step_func",
+            "data_iterator",
+            "model",
+            "num_microbatches",
+            "seq_length",
+            "micro_batch_size",
+            "forward_only",
+        ),
+        # Its handling of a 3-tuple (loss, num_tokens, report) is the loss contract we follow.
+        "forward_step_calc_loss": ("loss_func", "config", "num_microbatches"),
+    },
+    "megatron.core.tensor_parallel.random": {"CudaRNGStatesTracker": (), "model_parallel_cuda_manual_seed": ("seed",)},
+    "megatron.core.datasets.indexed_dataset": {"IndexedDatasetBuilder": ("bin_path", "dtype"), "IndexedDataset": (), "DType": ()},
+}
+
+
+class MegatronVersionError(RuntimeError):
+    """The installed megatron-core lacks a symbol or signature the patch relies on."""
+
+
+def installed_version() -> str:
+    try:
+        from megatron.core import package_info
+
+        return package_info.__version__
+    except ImportError:
+        return "unknown"
+
+
+def _missing_params(obj, params: tuple[str, ...]) -> list[str]:
+    if not params:
+        return []
+    try:
+        have = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return list(params)
+    return [p for p in params if p not in have]
+
+
+def find_mismatches(required: dict[str, dict[str, tuple[str, ...]]] = REQUIRED) -> list[str]:
+    """Descriptions of every required module, symbol or parameter that is missing."""
+    problems = []
+    for module_name, symbols in required.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            problems.append(f"module {module_name} ({err})")
+            continue
+        for name, params in symbols.items():
+            if not hasattr(module, name):
+                problems.append(f"{module_name}.{name}")
+                continue
+            missing = _missing_params(getattr(module, name), params)
+            if missing:
+                problems.append(f"{module_name}.{name}() parameter(s) {', '.join(missing)}")
+    return problems
+
+
+def check_megatron_core(required: dict[str, dict[str, tuple[str, ...]]] = REQUIRED) -> None:
+    """Raise :class:`MegatronVersionError` naming the first mismatches and the supported versions."""
+    problems = find_mismatches(required)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise MegatronVersionError(
+            f"megatron-core {installed_version()} lacks what this project relies on: {shown}. "
+            f"Supported megatron-core versions: {', '.join(SUPPORTED_VERSIONS)} "
+            f"(pip install megatron-core=={SUPPORTED_VERSIONS[-1]})."
+        )
