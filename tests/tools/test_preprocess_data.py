@@ -1,0 +1,126 @@
+"""tools.preprocess_data: exact round trip through megatron-core readers, workers, bad lines, atomicity."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from megatron.core.tokenizers import MegatronTokenizer
+
+from tools.jsonl_documents import BadLineError
+from tools.preprocess_data import main, preprocess_jsonl
+from conftest import fixture_texts, write_jsonl
+
+
+def expected_documents(tokenizer_model, texts, append_eod=True):
+    """Token ids computed directly with sentencepiece, independently of the tool."""
+    processor = spm.SentencePieceProcessor(model_file=tokenizer_model)
+    return [processor.encode(t) + ([processor.eos_id()] if append_eod else []) for t in texts if t]
+
+
+def test_indexed_dataset_round_trip(tmp_path, documents_jsonl, tokenizer_model):
+    main(["--input", documents_jsonl, "--output-prefix", str(tmp_path / "out"),
+          "--tokenizer-model", tokenizer_model, "--append-eod"])
+    dataset = IndexedDataset(str(tmp_path / "out_text_document"))
+    expected = expected_documents(tokenizer_model, fixture_texts())
+    assert len(dataset) == len(expected)
+    assert dataset.index.dtype == np.uint16  # 512 pieces fit in uint16
+    for i, ids in enumerate(expected):
+        assert dataset[i].tolist() == ids
+    assert dataset.document_indices.tolist() == list(range(len(expected) + 1))
+
+
+def test_without_eod_and_several_keys(tmp_path, tokenizer_model):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": "To be, or not to be", "title": "Hamlet"},
+                                               {"text": "", "title": "Empty text"}])
+    result = preprocess_jsonl(path, str(tmp_path / "o"), tokenizer_model, json_keys=("text", "title"))
+    assert result.documents == {"text": 1, "title": 2} and result.empty_documents == {"text": 1, "title": 0}
+    titles = IndexedDataset(str(tmp_path / "o_title_document"))
+    assert [titles[i].tolist() for i in range(2)] == expected_documents(tokenizer_model, ["Hamlet", "Empty text"], False)
+    texts = IndexedDataset(str(tmp_path / "o_text_document"))  # keep it: its arrays view its mmap
+    assert [texts[0].tolist()] == expected_documents(tokenizer_model, ["To be, or not to be"], False)
+
+
+def test_gpt_dataset_samples_are_slices_of_the_documents(tmp_path, documents_jsonl, tokenizer_model):
+    result = preprocess_jsonl(documents_jsonl, str(tmp_path / "out"), tokenizer_model, append_eod=True)
+    stream_by_doc = expected_documents(tokenizer_model, fixture_texts())
+    seq_length = 64
+    num_samples = (sum(map(len, stream_by_doc)) - 1) // seq_length  # exactly one epoch
+    tokenizer = MegatronTokenizer.from_pretrained(
+        tokenizer_path=tokenizer_model, metadata_path={"library": "sentencepiece"})
+    config = GPTDatasetConfig(
+        random_seed=7, sequence_length=seq_length, blend=([result.prefixes["text"]], None), split="1,0,0",
+        tokenizer=tokenizer, reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+        path_to_cache=str(tmp_path / "cache"))
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None], lambda: True, config).build()
+    assert len(train) == num_samples
+    stream = np.concatenate([stream_by_doc[d] for d in train.document_index])
+    for j in range(num_samples):
+        k = train.shuffle_index[j]
+        window = stream[k * seq_length: k * seq_length + seq_length + 1]
+        sample = train[j]
+        assert sample["tokens"].tolist() == window[:-1].tolist()
+        assert sample["labels"].tolist() == window[1:].tolist()
+
+
+def test_several_workers_write_the_same_bytes(tmp_path, documents_jsonl, tokenizer_model, monkeypatch):
+    monkeypatch.setattr("tools.preprocess_data.BYTES_PER_TASK", 4096)  # many tasks even for small input
+    for workers in (1, 3):
+        preprocess_jsonl(documents_jsonl, str(tmp_path / f"w{workers}"), tokenizer_model,
+                         append_eod=True, workers=workers)
+    for ext in (".bin", ".idx"):
+        one = (tmp_path / f"w1_text_document{ext}").read_bytes()
+        assert one == (tmp_path / f"w3_text_document{ext}").read_bytes()
+
+
+def bad_input(tmp_path):
+    lines = [json.dumps({"text": "good one"}).encode(), b"{not json", json.dumps({"body": "x"}).encode(),
+             b"", json.dumps({"text": "caf\u00e9"}).encode("latin-1").replace(b"\\u00e9", b"\xe9"),
+             json.dumps({"text": 5}).encode(), b"[1, 2]", json.dumps({"text": "good two"}).encode()]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+def test_bad_lines_are_skipped_counted_and_reported(tmp_path, tokenizer_model, capsys):
+    main(["--input", bad_input(tmp_path), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
+          tokenizer_model, "--on-bad-line", "skip", "--workers", "2"])
+    dataset = IndexedDataset(str(tmp_path / "o_text_document"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == expected_documents(
+        tokenizer_model, ["good one", "good two"], append_eod=False)
+    report = capsys.readouterr().err
+    assert "skipped 5 bad lines" in report
+    for line, reason in [(2, "not JSON"), (3, "missing key 'text'"), (5, "not UTF-8"),
+                         (6, "value is not a string"), (7, "not a JSON object")]:
+        assert f"{line} ({reason}" in report
+
+
+def test_bad_line_fails_by_default_and_leaves_no_output(tmp_path, tokenizer_model):
+    with pytest.raises(BadLineError, match=r"bad\.jsonl:2: bad line \(not JSON\).*--on-bad-line skip"):
+        preprocess_jsonl(bad_input(tmp_path), str(tmp_path / "o"), tokenizer_model)
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
+
+
+def test_a_crash_mid_write_leaves_nothing_under_the_final_names(tmp_path, documents_jsonl, tokenizer_model,
+                                                                monkeypatch):
+    prefix = str(tmp_path / "o")
+    preprocess_jsonl(documents_jsonl, prefix, tokenizer_model)  # an older complete dataset
+    calls = []
+
+    def crash_after_two_documents(self, tensor, lengths, modes=None):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, tensor, lengths, modes)
+
+    original = IndexedDatasetBuilder.add_document
+    monkeypatch.setattr(IndexedDatasetBuilder, "add_document", crash_after_two_documents)
+    old = (tmp_path / "o_text_document.bin").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_jsonl(documents_jsonl, prefix, tokenizer_model, append_eod=True)
+    assert sorted(os.listdir(tmp_path)) == ["o_text_document.bin", "o_text_document.idx"]
+    assert (tmp_path / "o_text_document.bin").read_bytes() == old  # the old dataset is untouched
