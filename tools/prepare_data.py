@@ -80,7 +80,7 @@ def prepare_data(
         log(f"reusing {os.path.join(out_dir, MANIFEST)} (same settings)")
         return manifest
     start = time.perf_counter()
-    corpus = build_corpus(corpus_config)
+    corpus = build_corpus(corpus_config, workers)
     timings = {"corpus_s": time.perf_counter() - start}
 
     if tokenizer_model is None:
@@ -144,7 +144,6 @@ def main(argv: List[str] = None) -> None:
     add_corpus_arguments(parser)
     parser.add_argument("--vocab-size", type=int, default=8192, help="of the trained tokenizer")
     parser.add_argument("--tokenizer-model", help="use this SentencePiece .model instead of training one")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="tokeniser processes")
     parser.add_argument("--clean", action="store_true", help="delete --out first (rebuild everything)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.clean and os.path.isdir(args.out):

@@ -1,28 +1,9 @@
 """Shared fixtures for the data tools: a small JSONL of real text and a tokenizer trained on it."""
 
-import json
-import os
-
 import pytest
 
-from tools.build_corpus import FIXTURE_DIR
+from data_test_helpers import fixture_texts, write_jsonl
 from tools.train_tokenizer import train_tokenizer
-
-
-def fixture_texts():
-    """The texts of the committed books, speeches and code fixtures, in file order."""
-    texts = []
-    for name in ("books", "speeches", "code"):
-        with open(os.path.join(FIXTURE_DIR, f"{name}.jsonl"), encoding="utf-8") as handle:
-            texts += [json.loads(line)["text"] for line in handle]
-    return texts
-
-
-def write_jsonl(path, records):
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="session")

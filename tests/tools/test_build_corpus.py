@@ -27,7 +27,7 @@ def read_split(corpus, domain, split):
 
 def test_fixture_corpus_splits_are_disjoint_complete_and_deterministic(tmp_path):
     first = build_corpus(CorpusConfig(out_dir=str(tmp_path / "a"), fixtures=True, with_redundant=True))
-    second = build_corpus(CorpusConfig(out_dir=str(tmp_path / "b"), fixtures=True, with_redundant=True))
+    second = build_corpus(CorpusConfig(out_dir=str(tmp_path / "b"), fixtures=True, with_redundant=True), workers=2)
     assert set(first["domains"]) == {"books", "speeches", "code", "math", "redundant"}  # no wiki fixture
     for domain in ("books", "speeches", "code", "math"):
         train, valid = read_split(first, domain, "train"), read_split(first, domain, "valid")

@@ -13,7 +13,7 @@ from megatron.core.tokenizers import MegatronTokenizer
 
 from tools.jsonl_documents import BadLineError
 from tools.preprocess_data import main, preprocess_jsonl
-from conftest import fixture_texts, write_jsonl
+from data_test_helpers import fixture_texts, write_jsonl
 
 
 def expected_documents(tokenizer_model, texts, append_eod=True):
