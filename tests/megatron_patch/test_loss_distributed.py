@@ -119,6 +119,7 @@ def check_layout(nan_at=()):
                 batch["loss_mask"], loss_mod.ReweightConfig("linupper", schedule=loss_mod.TemperatureSchedule(R)),
                 iteration=0, dp_group=dp_group,
             )(output_tensor)
+            assert torch.isfinite(out[0]), "a non-finite sample must not make the loss non-finite"
             reports.append(out[2])
             return out
         return loss_func

@@ -1,0 +1,181 @@
+"""The loss function's contract on plain tensors, its config, flags and start-up refusals."""
+
+import argparse
+import math
+
+import pytest
+import torch
+from megatron.core import parallel_state as ps
+
+from megatron_patch.loss import (
+    ReweightConfig,
+    add_reweight_args,
+    check_reweighting_supported,
+    make_loss_func,
+    per_sample_loss,
+    reweighted_loss,
+)
+from reweighting import TemperatureSchedule, sample_weights, weight_stats
+
+
+def _parse(*argv):
+    return add_reweight_args(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_flags_build_the_config():
+    config = ReweightConfig.from_args(
+        _parse(
+            "--reweight-strategy", "linupper", "--reweight-r", "0.4", "--reweight-delta", "2",
+            "--reweight-warmup-iters", "10", "--reweight-warmup-mode", "large-r",
+            "--reweight-warmup-r", "50", "--reweight-ramp-iters", "4",
+        )
+    )
+    assert config == ReweightConfig(
+        strategy="linupper", delta=2.0,
+        schedule=TemperatureSchedule(target_r=0.4, warmup_iters=10, warmup_mode="large-r", warmup_r=50.0, ramp_iters=4),
+    )
+    assert config.r_at(0) == 50.0 and config.r_at(12) == pytest.approx(25.2) and config.r_at(14) == 0.4
+
+
+def test_flag_defaults_are_the_dataclass_defaults():
+    assert ReweightConfig.from_args(_parse()) == ReweightConfig()
+    assert ReweightConfig().r_at(10**6) == math.inf  # uniform never reweights
+
+
+def test_help_comes_from_the_field_docstrings():
+    parser = add_reweight_args(argparse.ArgumentParser())
+    text = parser.format_help()
+    assert "Half-width of the min-max normalised loss range" in text
+    assert "The temperature after warm-up and ramp." in text
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--reweight-r", "0"], "--reweight-r"),
+        (["--reweight-r", "inf"], "--reweight-r"),
+        (["--reweight-delta", "-1"], "--reweight-delta"),
+        (["--reweight-warmup-iters", "-2"], "--reweight-warmup-iters"),
+        (["--reweight-warmup-r", "nan"], "--reweight-warmup-r"),
+        (["--reweight-ramp-iters", "-1"], "--reweight-ramp-iters"),
+    ],
+)
+def test_invalid_values_name_their_flag(argv, flag):
+    with pytest.raises(ValueError, match=f"^{flag} "):
+        ReweightConfig.from_args(_parse(*argv))
+
+
+def test_unknown_strategy_is_refused_by_argparse():
+    with pytest.raises(SystemExit):
+        _parse("--reweight-strategy", "upper")
+
+
+def test_refusals_name_the_flag_and_the_fix():
+    config = ReweightConfig("linupper")
+    with pytest.raises(ValueError, match="--context-parallel-size 2 .*use --context-parallel-size 1"):
+        check_reweighting_supported(config, context_parallel_size=2)
+    with pytest.raises(ValueError, match="--calculate-per-token-loss .*drop the flag"):
+        check_reweighting_supported(config, calculate_per_token_loss=True)
+    check_reweighting_supported(config)
+    check_reweighting_supported(ReweightConfig("uniform"), context_parallel_size=2, calculate_per_token_loss=True)
+
+
+def _token_batch(b=4, s=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    token_loss = torch.rand(b, s, generator=gen) * 3
+    mask = (torch.arange(s).unsqueeze(0) < torch.randint(1, s + 1, (b, 1), generator=gen)).float()
+    return token_loss, mask
+
+
+def test_per_sample_loss_is_the_masked_token_mean():
+    token_loss, mask = _token_batch()
+    mask[2] = 0
+    token_loss[0, -1] = float("nan")
+    mask[0, -1] = 0  # a non-finite loss on a masked-out token does not count
+    losses, counts = per_sample_loss(token_loss, mask)
+    for i in (0, 1, 3):
+        keep = mask[i] > 0
+        assert losses[i] == pytest.approx(token_loss[i][keep].mean().item(), rel=1e-6)
+        assert counts[i] == keep.sum()
+    assert math.isnan(losses[2]) and counts[2] == 0
+
+
+def test_uniform_is_the_stock_loss_without_a_process_group():
+    token_loss, mask = _token_batch()
+    token_loss.requires_grad_(True)
+    loss, num_tokens, report = reweighted_loss(mask, token_loss, strategy="uniform", r=1.0, dp_group=None)
+    stock = torch.sum(token_loss.view(-1).float() * mask.view(-1).float())
+    assert torch.equal(loss, stock) and num_tokens.dtype == torch.int32 and num_tokens == mask.sum()
+    assert torch.equal(report["lm loss"], torch.stack([stock.detach(), mask.sum()]))
+    assert report["reweight r"][0] == math.inf
+
+
+def test_a_uniform_warmup_is_the_stock_loss():
+    token_loss, mask = _token_batch()
+    config = ReweightConfig("linupper", schedule=TemperatureSchedule(target_r=0.5, warmup_iters=3))
+    loss, _, report = make_loss_func(mask, config, iteration=2, dp_group=None)(token_loss)
+    assert torch.equal(loss, torch.sum(token_loss.view(-1) * mask.view(-1)))
+    assert "weight ess" not in report
+
+
+def check_report_over_dp(dp_size):
+    """Run in every rank: the report, summed over micro-batches and DP as a loop does, is right."""
+    dp_group = ps.get_data_parallel_group()
+    rank = ps.get_data_parallel_rank()
+    b, num_domains, r = 3, 2, 0.7
+    totals, expected_weighted, expected_ess, expected_mass = {}, [], [], []
+    for micro in range(2):
+        batches = [_token_batch(b, seed=10 * micro + k) for k in range(dp_size)]
+        domains = [torch.tensor([k % 2, 1, 0]) for k in range(dp_size)]
+        token_loss, mask = batches[rank]
+        token_loss = token_loss.clone().requires_grad_(True)
+        loss, num_tokens, report = reweighted_loss(
+            mask, token_loss, strategy="quadratic", r=r, dp_group=dp_group,
+            domain_ids=domains[rank], num_domains=num_domains,
+        )
+        for key, value in report.items():
+            totals[key] = totals.get(key, 0) + value
+        # Independent: the concatenated group, in one process.
+        all_losses = torch.cat([per_sample_loss(t, m)[0] for t, m in batches])
+        w = sample_weights(all_losses, "quadratic", r)
+        expected_weighted.append((w * all_losses).sum())
+        stats = weight_stats(w, all_losses, torch.cat(domains), num_domains)
+        expected_ess.append(stats["ess"])
+        expected_mass.append(stats["group_mass"])
+        # The value megatron-core turns into the gradient: loss / num_tokens * (1 / dp) per rank.
+        mine = (w[rank * b : (rank + 1) * b] * all_losses[rank * b : (rank + 1) * b]).sum()
+        torch.testing.assert_close(loss / num_tokens / dp_size, mine)
+    for value in totals.values():
+        torch.distributed.all_reduce(value, group=dp_group)
+    mean = {key: (v[0] / v[1]).item() for key, v in totals.items()}
+    assert mean["weighted loss"] == pytest.approx(torch.stack(expected_weighted).mean().item(), rel=1e-5)
+    assert mean["weight ess"] == pytest.approx(torch.stack(expected_ess).mean().item(), rel=1e-5)
+    assert mean["reweight r"] == pytest.approx(r)
+    mass = torch.stack(expected_mass).mean(0)
+    for d in range(num_domains):
+        assert mean[f"domain {d} weight mass"] == pytest.approx(mass[d].item(), rel=1e-5)
+    assert totals["nonfinite samples"].tolist() == [0.0, 2 * dp_size * b]
+    assert sum(mean[f"domain {d} token share"] for d in range(num_domains)) == pytest.approx(1.0)
+
+
+def test_report_sums_to_the_group_statistics(run_distributed):
+    run_distributed(check_report_over_dp, 2, dp_size=2)
+
+
+def check_empty_and_nonfinite_samples():
+    """Run in every rank: an empty mask and a NaN loss get weight 0, a finite loss and finite grads."""
+    dp_group = ps.get_data_parallel_group()
+    token_loss, mask = _token_batch(4, seed=3 + ps.get_data_parallel_rank())
+    mask[0] = 0
+    leaf = token_loss.clone().requires_grad_(True)
+    poisoned = leaf + torch.where(torch.arange(4).unsqueeze(1) == 1, float("nan"), 0.0)
+    loss, _, report = reweighted_loss(mask, poisoned, strategy="extremes", r=0.3, dp_group=dp_group)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(leaf.grad).all()
+    assert (leaf.grad[:2] == 0).all() and (leaf.grad[2:][mask[2:] > 0] != 0).all()
+    assert report["nonfinite samples"].tolist() == [1.0, 4.0]  # the empty sample is not an error
+
+
+def test_empty_and_nonfinite_samples(run_distributed):
+    run_distributed(check_empty_and_nonfinite_samples, 2)
