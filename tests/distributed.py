@@ -23,6 +23,7 @@ import signal
 import socket
 import traceback
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from multiprocessing.reduction import ForkingPickler
@@ -33,6 +34,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def rank_device() -> torch.device:
+    """The device a rank computes on: its GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
@@ -73,9 +79,12 @@ def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
 def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: float = 180, **kwargs) -> list:
     """Run ``fn(**kwargs)`` in ``world_size`` ranks with TP=``tp``, PP=``pp`` (DP is the rest).
 
-    Returns the list of ``fn``'s return values, indexed by global rank. Raises ``RuntimeError``
+    Returns the list of ``fn``'s return values, indexed by global rank. Skips the test on a CUDA
+    machine with fewer GPUs than ranks. Raises ``RuntimeError``
     with the failing ranks' tracebacks if any rank raises, dies or exceeds ``timeout`` seconds.
     """
+    if torch.cuda.is_available() and torch.cuda.device_count() < world_size:
+        pytest.skip(f"needs {world_size} GPUs for NCCL, found {torch.cuda.device_count()}")
     ctx = mp.get_context("spawn" if torch.cuda.is_available() else "fork")
     # Not daemonic: dist_checkpointing starts helper processes of its own; stragglers are killed below.
     results = ctx.Queue()

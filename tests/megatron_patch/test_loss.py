@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from distributed import rank_device
 from megatron.core import parallel_state as ps
 
 from megatron_patch.loss import (
@@ -84,7 +85,7 @@ def _token_batch(b=4, s=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
     token_loss = torch.rand(b, s, generator=gen) * 3
     mask = (torch.arange(s).unsqueeze(0) < torch.randint(1, s + 1, (b, 1), generator=gen)).float()
-    return token_loss, mask
+    return token_loss.to(rank_device()), mask.to(rank_device())
 
 
 def test_per_sample_loss_is_the_masked_token_mean():
@@ -126,7 +127,7 @@ def check_report_over_dp(dp_size):
     totals, expected_weighted, expected_ess, expected_mass = {}, [], [], []
     for micro in range(2):
         batches = [_token_batch(b, seed=10 * micro + k) for k in range(dp_size)]
-        domains = [torch.tensor([k % 2, 1, 0]) for k in range(dp_size)]
+        domains = [torch.tensor([k % 2, 1, 0], device=rank_device()) for k in range(dp_size)]
         token_loss, mask = batches[rank]
         token_loss = token_loss.clone().requires_grad_(True)
         loss, num_tokens, report = reweighted_loss(
@@ -168,7 +169,7 @@ def check_empty_and_nonfinite_samples():
     token_loss, mask = _token_batch(4, seed=3 + ps.get_data_parallel_rank())
     mask[0] = 0
     leaf = token_loss.clone().requires_grad_(True)
-    poisoned = leaf + torch.where(torch.arange(4).unsqueeze(1) == 1, float("nan"), 0.0)
+    poisoned = leaf + torch.where(torch.arange(4, device=leaf.device).unsqueeze(1) == 1, float("nan"), 0.0)
     loss, _, report = reweighted_loss(mask, poisoned, strategy="extremes", r=0.3, dp_group=dp_group)
     loss.backward()
     assert torch.isfinite(loss)

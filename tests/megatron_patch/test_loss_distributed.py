@@ -19,7 +19,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from tiny_gpt import SEQ, build_gpt, gpt_forward, make_batches, rank_slice
 
 import megatron_patch.loss as loss_mod
-from reweighting import sample_weights
+from reweighting import TemperatureSchedule, sample_weights
 
 MICRO = 2  # samples per DP rank per micro-batch
 NUM_MICRO = 2
@@ -116,7 +116,7 @@ def check_layout(nan_at=()):
                     bad[sample % MICRO, 0] = float("nan")
                     output_tensor = output_tensor + bad
             out = loss_mod.make_loss_func(
-                batch["loss_mask"], loss_mod.ReweightConfig("linupper", schedule=loss_mod.TemperatureSchedule(R)),
+                batch["loss_mask"], loss_mod.ReweightConfig("linupper", schedule=TemperatureSchedule(R)),
                 iteration=0, dp_group=dp_group,
             )(output_tensor)
             assert torch.isfinite(out[0]), "a non-finite sample must not make the loss non-finite"
@@ -195,7 +195,7 @@ def check_optimizer_step(expected, distributed_optimizer):
     dp_group = ps.get_data_parallel_group()
     dp_rank = ps.get_data_parallel_rank()
     batches = [rank_slice(b, dp_rank, MICRO) for b in make_batches(NUM_MICRO, ps.get_data_parallel_world_size() * MICRO)]
-    rw = loss_mod.ReweightConfig("linupper", schedule=loss_mod.TemperatureSchedule(R))
+    rw = loss_mod.ReweightConfig("linupper", schedule=TemperatureSchedule(R))
     model.zero_grad_buffer()
     optimizer.zero_grad()
     _run_schedule(model, batches, lambda batch: loss_mod.make_loss_func(batch["loss_mask"], rw, 0, dp_group))

@@ -7,6 +7,8 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
+from distributed import rank_device
+
 VOCAB = 64
 SEQ = 16
 
@@ -58,7 +60,7 @@ def make_batches(num_micro: int, group_size: int, seed: int = 0) -> list[dict]:
         labels = torch.randint(0, VOCAB, (group_size, SEQ), generator=gen)
         lengths = torch.randint(SEQ // 2, SEQ + 1, (group_size,), generator=gen)
         loss_mask = (torch.arange(SEQ).unsqueeze(0) < lengths.unsqueeze(1)).float()
-        batches.append({"tokens": tokens, "labels": labels, "loss_mask": loss_mask})
+        batches.append(on_device({"tokens": tokens, "labels": labels, "loss_mask": loss_mask}))
     return batches
 
 
@@ -68,8 +70,13 @@ def rank_slice(batch: dict, dp_rank: int, micro_batch_size: int) -> dict:
     return {k: v[lo : lo + micro_batch_size] for k, v in batch.items()}
 
 
+def on_device(batch: dict) -> dict:
+    """``batch`` moved to this rank's device."""
+    return {k: v.to(rank_device()) for k, v in batch.items()}
+
+
 def gpt_forward(model, batch: dict) -> torch.Tensor:
     """Per-token losses [b, s] (on the last stage; hidden states elsewhere)."""
     b, s = batch["tokens"].shape
-    position_ids = torch.arange(s).unsqueeze(0).expand(b, s)
+    position_ids = torch.arange(s, device=batch["tokens"].device).unsqueeze(0).expand(b, s)
     return model(batch["tokens"], position_ids, None, labels=batch["labels"])
