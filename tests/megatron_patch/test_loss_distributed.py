@@ -101,7 +101,6 @@ def check_layout(nan_at=()):
         used_weights.append(out[1].clone())
         return out
 
-    loss_mod.dp_sample_weights = recording_dp_sample_weights
     micro_index = iter(range(NUM_MICRO))
 
     def reweighted_loss_func(batch):
@@ -125,7 +124,11 @@ def check_layout(nan_at=()):
         return loss_func
 
     model = _wrap_ddp(build_gpt(), distributed_optimizer=False)
-    _run_schedule(model, local_batches, reweighted_loss_func)
+    loss_mod.dp_sample_weights = recording_dp_sample_weights
+    try:
+        _run_schedule(model, local_batches, reweighted_loss_func)
+    finally:
+        loss_mod.dp_sample_weights = real_dp_sample_weights
     finalize_model_grads([model])
     got = _grads(model.module)
 
