@@ -31,14 +31,24 @@ tensor factories' ``device="cuda"``,   the schedules allocate ``torch.zeros(...,
                                        axis (TP ranks draw different init/dropout); on CPU the
                                        named streams are CPU generator states swapped in and out,
                                        so TP shards still initialise from different seeds.
-``Tensor.type()`` (no argument)         the (distributed) optimizer and grad clipping accept a
+``Tensor.type()`` (no argument)        the (distributed) optimizer and grad clipping accept a
                                        param only if its type string is ``torch.cuda.*Tensor``:
                                        CPU tensors answer that name.
-``torch.cuda.mem_get_info``,           memory reports and the rerun state machine query them:
-``reset_peak_memory_stats``            zeros / no-op.
+``torch.cuda.mem_get_info``,           memory reports query them: zeros / no-op.
+``reset_peak_memory_stats``
 ====================================== =========================================================
 
 Anything here is a stand-in for a device that is absent; nothing changes numerics on the CPU.
+Exercised with gloo (tests/megatron_patch): GPTModel with the local layer spec under TP=2, PP=2
+and DP=2 through ``get_forward_backward_func``, megatron-core DDP, ``finalize_model_grads``,
+``get_megatron_optimizer`` (Adam with and without the distributed optimizer, SGD). Also tried by
+hand: bf16 ``Float16Module``, overlapped grad reduce / param gather, ``Timers``, and
+``dist_checkpointing.save``/``load`` of model and distributed-optimizer state (the torch_dist
+save needs the ``psutil`` package).
+
+The mode is entered once and stays for the life of the process (it is a global change): call
+:func:`apply_cpu_shims` in a training process or a test's worker process, not inside a pytest
+process that runs unrelated tests.
 """
 
 import contextlib

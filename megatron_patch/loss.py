@@ -171,6 +171,9 @@ def dp_sample_weights(
         ``(w_local [b], weights [dp*b], group_losses [dp*b], group_ids [dp*b] long or None)``;
         every DP rank holds the same ``weights``; ``w_local`` is its slice by its DP rank.
     """
+    if dp_group is None:
+        # None would mean the world group, which is not the DP group under TP or PP.
+        raise ValueError("dp_group is required: pass parallel_state.get_data_parallel_group()")
     b = losses.shape[0]
     dp_rank = torch.distributed.get_rank(group=dp_group)
     # One collective: losses and domain ids travel together (ids are exact in float32 below 2**24).

@@ -119,6 +119,12 @@ def test_a_uniform_warmup_is_the_stock_loss():
     assert "weight ess" not in report
 
 
+def test_reweighting_needs_an_explicit_dp_group():
+    token_loss, mask = _token_batch()
+    with pytest.raises(ValueError, match="dp_group is required"):
+        reweighted_loss(mask, token_loss, strategy="linupper", r=1.0, dp_group=None)
+
+
 def check_report_over_dp(dp_size):
     """Run in every rank: the report, summed over micro-batches and DP as a loop does, is right."""
     dp_group = ps.get_data_parallel_group()
