@@ -206,8 +206,8 @@ def _domain_report(losses, counts, domain_ids, num_domains) -> dict[str, torch.T
     total = counts.sum()
     report = {}
     for d in range(num_domains):
-        report[f"domain {d} lm loss"] = _pair(dom_sum[d], dom_count[d], losses.device)
-        report[f"domain {d} token share"] = _pair(dom_count[d], total, losses.device)
+        report[f"domain {d} loss"] = _pair(dom_sum[d], dom_count[d], losses.device)
+        report[f"domain {d} token_share"] = _pair(dom_count[d], total, losses.device)
     return report
 
 
@@ -221,6 +221,7 @@ def reweighted_loss(
     dp_group,
     domain_ids: torch.Tensor | None = None,
     num_domains: int = 0,
+    on_group=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """megatron-core ``loss_func``: ``(loss, num_tokens, report)`` for one micro-batch.
 
@@ -233,16 +234,20 @@ def reweighted_loss(
         dp_group: the data-parallel process group (``parallel_state.get_data_parallel_group()``).
         domain_ids: optional [b] integer domain of each sample (``BlendedDataset``'s dataset id).
         num_domains: the number of domains; needed with ``domain_ids``.
+        on_group: optional ``on_group(group_losses [N], group_ids [N] or None)``, called with the
+            gathered, detached device tensors when weights are computed (e.g. to keep the last
+            group for the metrics file; read them at log time, not here, to avoid a host sync).
 
     Returns:
         ``loss`` scalar, ``num_tokens`` int scalar (masked tokens of this rank), and ``report``:
         ``{name: tensor([sum, count])}`` to be summed over micro-batches and DP ranks and logged
-        as ``sum / count``: ``lm loss`` (unweighted token mean), ``weighted loss``, ``reweight r``,
-        ``nonfinite samples`` (sum = count, ratio = fraction); with reweighting on, the weight
-        statistics of :func:`reweighting.weight_stats` as ``weight ess``, ``weight max_weight``,
-        ``weight min_weight``, ``weight entropy``, ``weight low_loss_mass`` (means over
-        micro-batches); with ``domain_ids``, ``domain {d} lm loss``, ``domain {d} token share``
-        and (reweighting on) ``domain {d} weight mass``.
+        as ``sum / count``: ``lm loss`` (unweighted token mean), ``weighted loss``, ``reweight r``
+        (inf = plain training), ``nonfinite`` (sum = number of non-finite samples, ratio = their
+        fraction); with reweighting on, the statistics of :func:`reweighting.weight_stats`
+        ``ess``, ``max_weight``, ``min_weight``, ``entropy``, ``low_loss_mass`` (means over
+        micro-batches); with ``domain_ids``, ``domain {d} loss`` (unweighted token mean),
+        ``domain {d} token_share`` and (reweighting on) ``domain {d} weight_share``. The names
+        are those of the metrics file (docs/architecture.md).
     """
     check_strategy(strategy)
     device = output_tensor.device
@@ -252,7 +257,7 @@ def reweighted_loss(
     b = losses.shape[0]
     report = {
         "lm loss": _pair(stock_loss, num_tokens, device),
-        "nonfinite samples": _pair(((counts > 0) & ~torch.isfinite(losses)).sum(), b, device),
+        "nonfinite": _pair(((counts > 0) & ~torch.isfinite(losses)).sum(), b, device),
     }
     if domain_ids is not None:
         if num_domains <= 0:
@@ -267,6 +272,8 @@ def reweighted_loss(
         losses, strategy=strategy, r=r, delta=delta, dp_group=dp_group, domain_ids=domain_ids
     )
     dp_size = torch.distributed.get_world_size(group=dp_group)
+    if on_group is not None:
+        on_group(group_losses, group_ids)
 
     # where(), not a product: a non-finite sample (weight 0) stays out of the value and of the
     # gradient, which 0 * nan would not.
@@ -281,9 +288,9 @@ def reweighted_loss(
     stats.pop("num_nonfinite")  # reported per rank above, so that it sums to the step's count
     group_mass = stats.pop("group_mass", None)
     for name, value in stats.items():
-        report[f"weight {name}"] = _pair(value, 1, device)
+        report[name] = _pair(value, 1, device)
     for d in range(num_domains if group_mass is not None else 0):
-        report[f"domain {d} weight mass"] = _pair(group_mass[d], 1, device)
+        report[f"domain {d} weight_share"] = _pair(group_mass[d], 1, device)
     return loss, num_tokens, report
 
 
@@ -294,10 +301,11 @@ def make_loss_func(
     dp_group,
     domain_ids: torch.Tensor | None = None,
     num_domains: int = 0,
+    on_group=None,
 ):
     """The ``loss_func`` a forward step returns: :func:`reweighted_loss` with the r of ``iteration``."""
     return functools.partial(
         reweighted_loss, loss_mask,
         strategy=config.strategy, r=config.r_at(iteration), delta=config.delta,
-        dp_group=dp_group, domain_ids=domain_ids, num_domains=num_domains,
+        dp_group=dp_group, domain_ids=domain_ids, num_domains=num_domains, on_group=on_group,
     )

@@ -116,7 +116,7 @@ def test_a_uniform_warmup_is_the_stock_loss():
     config = ReweightConfig("linupper", schedule=TemperatureSchedule(target_r=0.5, warmup_iters=3))
     loss, _, report = make_loss_func(mask, config, iteration=2, dp_group=None)(token_loss)
     assert torch.equal(loss, torch.sum(token_loss.view(-1) * mask.view(-1)))
-    assert "weight ess" not in report
+    assert "ess" not in report
 
 
 def test_reweighting_needs_an_explicit_dp_group():
@@ -130,7 +130,8 @@ def check_report_over_dp(dp_size):
     dp_group = ps.get_data_parallel_group()
     rank = ps.get_data_parallel_rank()
     b, num_domains, r = 3, 2, 0.7
-    totals, expected_weighted, expected_ess, expected_mass = {}, [], [], []
+    totals, expected_weighted, expected_ess, expected_mass, domain_sums = {}, [], [], [], torch.zeros(2, 2)
+    seen_groups = []
     for micro in range(2):
         batches = [_token_batch(b, seed=10 * micro + k) for k in range(dp_size)]
         domains = [torch.tensor([k % 2, 1, 0], device=rank_device()) for k in range(dp_size)]
@@ -139,11 +140,18 @@ def check_report_over_dp(dp_size):
         loss, num_tokens, report = reweighted_loss(
             mask, token_loss, strategy="quadratic", r=r, dp_group=dp_group,
             domain_ids=domains[rank], num_domains=num_domains,
+            on_group=lambda losses, ids: seen_groups.append((losses, ids)),
         )
         for key, value in report.items():
             totals[key] = totals.get(key, 0) + value
         # Independent: the concatenated group, in one process.
         all_losses = torch.cat([per_sample_loss(t, m)[0] for t, m in batches])
+        torch.testing.assert_close(seen_groups[micro][0], all_losses)
+        assert torch.equal(seen_groups[micro][1], torch.cat(domains))
+        for (t, m), ids in zip(batches, domains):
+            for d in range(num_domains):
+                rows = ids == d
+                domain_sums[d] += torch.stack([(t[rows] * m[rows]).sum(), m[rows].sum()]).cpu()
         w = sample_weights(all_losses, "quadratic", r)
         expected_weighted.append((w * all_losses).sum())
         stats = weight_stats(w, all_losses, torch.cat(domains), num_domains)
@@ -156,13 +164,15 @@ def check_report_over_dp(dp_size):
         torch.distributed.all_reduce(value, group=dp_group)
     mean = {key: (v[0] / v[1]).item() for key, v in totals.items()}
     assert mean["weighted loss"] == pytest.approx(torch.stack(expected_weighted).mean().item(), rel=1e-5)
-    assert mean["weight ess"] == pytest.approx(torch.stack(expected_ess).mean().item(), rel=1e-5)
+    assert mean["ess"] == pytest.approx(torch.stack(expected_ess).mean().item(), rel=1e-5)
     assert mean["reweight r"] == pytest.approx(r)
     mass = torch.stack(expected_mass).mean(0)
     for d in range(num_domains):
-        assert mean[f"domain {d} weight mass"] == pytest.approx(mass[d].item(), rel=1e-5)
-    assert totals["nonfinite samples"].tolist() == [0.0, 2 * dp_size * b]
-    assert sum(mean[f"domain {d} token share"] for d in range(num_domains)) == pytest.approx(1.0)
+        assert mean[f"domain {d} weight_share"] == pytest.approx(mass[d].item(), rel=1e-5)
+    for d in range(num_domains):
+        assert mean[f"domain {d} loss"] == pytest.approx((domain_sums[d][0] / domain_sums[d][1]).item(), rel=1e-5)
+    assert totals["nonfinite"].tolist() == [0.0, 2 * dp_size * b]
+    assert sum(mean[f"domain {d} token_share"] for d in range(num_domains)) == pytest.approx(1.0)
 
 
 def test_report_sums_to_the_group_statistics(run_distributed):
@@ -181,7 +191,7 @@ def check_empty_and_nonfinite_samples():
     assert torch.isfinite(loss)
     assert torch.isfinite(leaf.grad).all()
     assert (leaf.grad[:2] == 0).all() and (leaf.grad[2:][mask[2:] > 0] != 0).all()
-    assert report["nonfinite samples"].tolist() == [1.0, 4.0]  # the empty sample is not an error
+    assert report["nonfinite"].tolist() == [1.0, 4.0]  # the empty sample is not an error
 
 
 def test_empty_and_nonfinite_samples(run_distributed):

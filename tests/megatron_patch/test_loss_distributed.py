@@ -157,8 +157,8 @@ def check_layout(nan_at=()):
                     group_losses[sample] = float("nan")
             torch.testing.assert_close(weights, sample_weights(group_losses, "linupper", R), rtol=1e-6, atol=0)
         local_nan = sum(1 for _, sample in nan_at if sample // MICRO == dp_rank)
-        assert sum(rep["nonfinite samples"][0] for rep in reports) == local_nan
-        assert all(rep["weight ess"][0] < 1 for rep in reports)  # linupper at r=0.5 is not uniform
+        assert sum(rep["nonfinite"][0] for rep in reports) == local_nan
+        assert all(rep["ess"][0] < 1 for rep in reports)  # linupper at r=0.5 is not uniform
     else:
         assert not used_weights  # only the last pipeline stage computes weights
     return expected
