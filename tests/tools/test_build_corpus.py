@@ -9,7 +9,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from tools import build_corpus as corpus_module
 from tools.build_corpus import CorpusConfig, build_corpus, read_fixture
-from tools.prepare_data import build_fixture_dataset
+from tools.prepare_data import build_fixture_dataset, main
 
 
 @pytest.fixture(autouse=True)
@@ -94,3 +94,11 @@ def test_fixture_dataset_manifest_matches_the_files(tmp_path):
                                      for d in manifest["domains"]], abs=1e-6)
     assert "redundant" not in manifest["valid_data_path"]
     assert build_fixture_dataset(str(tmp_path), vocab_size=512, with_redundant=True) == manifest
+
+
+def test_prepare_data_command_prints_the_blend_flags(tmp_path, capsys):
+    main(["--out", str(tmp_path), "--fixtures", "--vocab-size", "512", "--workers", "1", "--domains", "code", "math"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["domains"]) == {"code", "math"}
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"--train-data-path {manifest['train_data_path']}", f"--valid-data-path {manifest['valid_data_path']}"]

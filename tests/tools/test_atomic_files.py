@@ -1,0 +1,38 @@
+"""tools.atomic_files: nothing partial under a final name, at any point of the commit."""
+
+import os
+
+import pytest
+
+from tools import atomic_files
+from tools.atomic_files import atomic_outputs
+
+
+def test_crash_between_the_two_replaces_never_pairs_new_with_old(tmp_path, monkeypatch):
+    bin_path, idx_path = str(tmp_path / "d.bin"), str(tmp_path / "d.idx")
+    for path in (bin_path, idx_path):
+        open(path, "w").write("old")
+    real_replace, calls = os.replace, []
+
+    def replace_then_crash(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError("simulated crash during the commit")
+        real_replace(source, target)
+
+    monkeypatch.setattr(atomic_files.os, "replace", replace_then_crash)
+    with pytest.raises(OSError):
+        with atomic_outputs(bin_path, idx_path) as (tmp_bin, tmp_idx):
+            open(tmp_bin, "w").write("new")
+            open(tmp_idx, "w").write("new")
+    assert open(bin_path).read() == "new" and not os.path.exists(idx_path)  # readers see no dataset
+
+
+def test_exception_in_the_block_removes_temporaries_and_keeps_old_files(tmp_path):
+    final = tmp_path / "f.txt"
+    final.write_text("old")
+    with pytest.raises(ValueError):
+        with atomic_outputs(str(final)) as (temporary,):
+            open(temporary, "w").write("half")
+            raise ValueError("crash")
+    assert os.listdir(tmp_path) == ["f.txt"] and final.read_text() == "old"
