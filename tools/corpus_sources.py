@@ -90,7 +90,12 @@ def keep(documents: Iterator[Document]) -> List[Document]:
 
 def read_wiki(gensim_wheel: str) -> List[Document]:
     """Wikipedia articles (namespace 0, no redirects) from gensim's test dump, markup stripped."""
-    import mwparserfromhell  # only this reader needs it
+    try:
+        import mwparserfromhell  # only this reader needs it
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "the wiki domain needs mwparserfromhell: pip install mwparserfromhell==0.7.2 "
+            "(or leave wiki out with --domains books speeches code math)") from error
 
     def articles() -> Iterator[Document]:
         with zipfile.ZipFile(gensim_wheel) as wheel:
