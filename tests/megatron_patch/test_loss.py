@@ -196,3 +196,25 @@ def check_empty_and_nonfinite_samples():
 
 def test_empty_and_nonfinite_samples(run_distributed):
     run_distributed(check_empty_and_nonfinite_samples, 2)
+
+
+def check_near_uniform_weights_give_the_stock_gradient():
+    """Run in every rank: full-length samples and r -> inf give the stock loss's per-token gradient.
+
+    What reaches the gradient is ``loss / num_tokens / dp_size`` (schedule division, DDP average).
+    """
+    dp_group = ps.get_data_parallel_group()
+    dp_size = torch.distributed.get_world_size(dp_group)
+    token_loss, _ = _token_batch(4, seed=ps.get_data_parallel_rank())
+    mask = torch.ones_like(token_loss)
+    grads = []
+    for strategy, r in (("uniform", 1.0), ("linupper", 1e9)):
+        leaf = token_loss.clone().requires_grad_(True)
+        loss, num_tokens, _ = reweighted_loss(mask, leaf, strategy=strategy, r=r, dp_group=dp_group)
+        (loss / num_tokens / dp_size).backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=0)
+
+
+def test_near_uniform_weights_give_the_stock_gradient(run_distributed):
+    run_distributed(check_near_uniform_weights_give_the_stock_gradient, 2)
