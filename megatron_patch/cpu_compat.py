@@ -42,9 +42,11 @@ Anything here is a stand-in for a device that is absent; nothing changes numeric
 Exercised with gloo (tests/megatron_patch): GPTModel with the local layer spec under TP=2, PP=2
 and DP=2 through ``get_forward_backward_func``, megatron-core DDP, ``finalize_model_grads``,
 ``get_megatron_optimizer`` (Adam with and without the distributed optimizer, SGD). Also tried by
-hand: bf16 ``Float16Module``, overlapped grad reduce / param gather, ``Timers``, and
-``dist_checkpointing.save``/``load`` of model and distributed-optimizer state (the torch_dist
-save needs the ``psutil`` package).
+hand (TP=2 and PP=2, world 4): bf16 ``Float16Module``, overlapped grad reduce / param gather,
+``Timers``, and ``dist_checkpointing.save``/``load`` of model and optimizer state, the
+distributed optimizer's with ``metadata={"distrib_optim_sharding_type": "dp_reshardable"}`` (its
+default sharding type is refused by the torch_dist format on any device). The torch_dist save
+needs the ``psutil`` package.
 
 The mode is entered once and stays for the life of the process (it is a global change): call
 :func:`apply_cpu_shims` in a training process or a test's worker process, not inside a pytest
