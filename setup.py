@@ -18,10 +18,12 @@ setup(
         "megatron-core==0.16.1",
         "sentencepiece>=0.2",
         "numpy",
+        "psutil",  # megatron-core's dist_checkpointing (torch_dist format) needs it
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6"],
         "plots": ["matplotlib"],
+        "data": ["mwparserfromhell"],
         "tensorboard": ["tensorboard"],
     },
     entry_points={
