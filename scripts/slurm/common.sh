@@ -120,7 +120,7 @@ rw_defaults() {
     : "${CHECKPOINT_DIR:=$OUTPUT_DIR/checkpoints}"   # --save and --load: a resubmit resumes
     : "${LOAD_DIR:=$CHECKPOINT_DIR}"
     : "${LOG_DIR:=$OUTPUT_DIR/logs}"
-    : "${TENSORBOARD_DIR:=$OUTPUT_DIR/tensorboard}"  # empty: no --tensorboard-dir
+    : "${TENSORBOARD_DIR=$OUTPUT_DIR/tensorboard}"   # set but empty: no --tensorboard-dir
     : "${METRICS_FILE:=}"                           # empty: no --metrics-file
     : "${SAVE_INTERVAL:=1000}"
     : "${EVAL_INTERVAL:=1000}"
