@@ -32,6 +32,8 @@ class SentencePieceTokenizer:
         self.vocab_size = self.processor.vocab_size()
         self.eod = self.processor.eos_id()
         self.pad = self.processor.pad_id()
+        # Part of the datasets' cache key (megatron-core hashes it into the index file names).
+        self.unique_identifiers = {"class": type(self).__name__, "model": os.path.abspath(model_path)}
 
 
 class NullTokenizer:
@@ -41,6 +43,7 @@ class NullTokenizer:
         self.vocab_size = vocab_size
         self.eod = vocab_size - 1
         self.pad = -1
+        self.unique_identifiers = {"class": type(self).__name__, "vocab_size": vocab_size}
 
 
 def build_tokenizer(args):

@@ -1,0 +1,145 @@
+"""Checkpoints: megatron-core ``dist_checkpointing`` for model and optimizer, plus the loop state.
+
+Layout under ``--save``::
+
+    iter_0000100/                      dist_checkpointing directory (model + optimizer shards,
+                                       common.pt with the loop state of :class:`LoopState`)
+    iter_0000100/rng/rank_00003.pt     each rank's RNG states
+    latest_checkpointed_iteration.txt  written last, atomically, after every rank finished
+
+A checkpoint interrupted while being written never becomes the latest: the marker still names
+the previous one, and the half-written directory is removed when that iteration is saved again.
+"""
+
+import dataclasses
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing
+
+from .arguments import ArgumentError
+
+MARKER = "latest_checkpointed_iteration.txt"
+FORMAT_TAG = "megatron-reweighting-v1"
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Everything besides weights and optimizer that an exact resume needs."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+    skipped_iterations: int = 0
+    scheduler: dict = dataclasses.field(default_factory=dict)
+    reweight: dict = dataclasses.field(default_factory=dict)
+    blend: dict = dataclasses.field(default_factory=dict)  # prefixes, weights, consumed per dataset
+    layout: dict = dataclasses.field(default_factory=dict)  # dp, tp, pp, cp
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_marker(root: str) -> int | None:
+    """The latest complete iteration under ``root``; None when there is no checkpoint yet."""
+    path = os.path.join(root, MARKER)
+    if not os.path.exists(path):
+        if os.path.isdir(root) and any(name.startswith("iter_") for name in os.listdir(root)):
+            raise ArgumentError(
+                f"--load {root}: has iter_* directories but no {MARKER} (an interrupted first save, or not "
+                "a checkpoint of this project); remove them or point --load elsewhere"
+            )
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise ArgumentError(f"--load {root}: {MARKER} holds {text!r}, not an iteration; is this a checkpoint of this project?")
+    return int(text)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state["tracker"] = get_cuda_rng_tracker().get_states()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _sharded_state(model, optimizer, is_loading: bool) -> dict:
+    model_sd = model.module.sharded_state_dict()
+    # dp_reshardable: the sharding type torch_dist accepts for the distributed optimizer.
+    opt_sd = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                          metadata={"distrib_optim_sharding_type": "dp_reshardable"})
+    return {"model": model_sd, "optimizer": opt_sd}
+
+
+def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) -> None:
+    """Save on every rank; the marker is written by rank 0 after all ranks finished."""
+    rank = torch.distributed.get_rank()
+    path = checkpoint_dir(root, state.iteration)
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+        if os.path.exists(path):  # an earlier, interrupted save of this iteration
+            shutil.rmtree(path)
+        os.makedirs(path)
+    torch.distributed.barrier()
+    log(f"saving checkpoint at iteration {state.iteration} to {path}")
+    sharded = _sharded_state(model, optimizer, is_loading=False)
+    sharded["loop"] = dataclasses.asdict(state)
+    sharded["format"] = FORMAT_TAG
+    dist_checkpointing.save(sharded, path)
+    os.makedirs(os.path.join(path, "rng"), exist_ok=True)
+    torch.save(_rng_state(), os.path.join(path, "rng", f"rank_{rank:05d}.pt"))
+    torch.distributed.barrier()
+    if rank == 0:
+        _write_atomically(os.path.join(root, MARKER), str(state.iteration))
+    torch.distributed.barrier()
+    log(f"saved checkpoint at iteration {state.iteration}")
+
+
+def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, load_rng: bool = True) -> LoopState | None:
+    """Load the latest checkpoint under ``root`` into ``model``/``optimizer``; None if there is none."""
+    iteration = read_marker(root)
+    if iteration is None:
+        return None
+    path = checkpoint_dir(root, iteration)
+    if not os.path.isdir(path):
+        raise ArgumentError(f"--load {root}: {MARKER} names iteration {iteration} but {path} is missing")
+    common = dist_checkpointing.load_common_state_dict(path)
+    if common.get("format") != FORMAT_TAG:
+        raise ArgumentError(f"--load {root}: {path} is not a checkpoint of this project (format {common.get('format')!r})")
+    sharded = _sharded_state(model, optimizer, is_loading=True)
+    if not load_optim:
+        sharded.pop("optimizer")
+    loaded = dist_checkpointing.load(sharded, path)
+    model.module.load_state_dict(loaded["model"])
+    if load_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+    rank_file = os.path.join(path, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
+    if load_rng and os.path.exists(rank_file):
+        _set_rng_state(torch.load(rank_file, weights_only=False))
+    return LoopState(**common["loop"])
