@@ -81,9 +81,10 @@ def memory_per_gpu(args: argparse.Namespace) -> MemoryEstimate:
     States: weights in the training dtype (2 bytes in bf16/fp16, else 4), fp32 gradient buffers
     (4 bytes), Adam's fp32 master weights, m and v (12 bytes), divided over DP with the
     distributed optimizer. Activations (Korthikanti et al. 2022): per layer and micro-batch
-    ``s*b*h*(10 + 24/t)`` bytes (``34/t`` with sequence parallel) plus the attention scores
-    ``5*a*s^2*b/t`` unless flash/fused attention (Transformer Engine) drops them; the first stage
-    of a 1F1B pipeline holds ``min(pp, micro-batches)`` micro-batches; plus fp32 logits.
+    ``s*b*h*(10 + 24/t)`` bytes (``34/t`` with sequence parallel), assuming flash/fused attention
+    as Transformer Engine runs it on the cluster (the unfused ``5*a*s^2*b/t`` bytes of attention
+    scores are not stored); the first stage of a 1F1B pipeline holds ``min(pp, micro-batches)``
+    micro-batches; plus the fp32 logits and their gradient.
     """
     tp, pp, dp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.data_parallel_size
     low_precision = args.bf16 or args.fp16
@@ -93,10 +94,8 @@ def memory_per_gpu(args: argparse.Namespace) -> MemoryEstimate:
     weights = params * (2 if low_precision else 4)
     grads = params * 4
     optimizer = params * (12 if low_precision else 8) / (dp if args.use_distributed_optimizer else 1)
-    s, b, h, a = args.seq_length, args.micro_batch_size, args.hidden_size, args.num_attention_heads
+    s, b, h = args.seq_length, args.micro_batch_size, args.hidden_size
     per_layer = s * b * h * ((34 / tp) if args.sequence_parallel else (10 + 24 / tp))
-    if not getattr(args, "flash_attention", False):
-        per_layer += 5 * a * s * s * b / tp
     in_flight = min(pp, args.num_microbatches) if pp > 1 else 1
     logits = 2 * 4 * s * b * args.padded_vocab_size / tp
     activations = per_layer * layers_per_stage * in_flight + logits

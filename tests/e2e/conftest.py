@@ -1,0 +1,53 @@
+"""Shared pieces of the end-to-end tests: a tiny real dataset and a torchrun launcher."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory):
+    """Per-domain .bin/.idx and a tokenizer from the committed fixtures (no network)."""
+    from tools.prepare_data import build_fixture_dataset
+
+    out = tmp_path_factory.mktemp("data")
+    manifest = build_fixture_dataset(str(out), with_redundant=True)
+    return manifest
+
+
+def data_flags(manifest) -> list[str]:
+    return ["--data-path", *manifest["train_data_path"].split(), "--valid-data-path",
+            *manifest["valid_data_path"].split(), "--tokenizer-model", manifest["tokenizer_model"]]
+
+
+TINY = ["--model", "tiny", "--seq-length", "64", "--max-position-embeddings", "64", "--micro-batch-size", "2",
+        "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1"]
+
+
+def torchrun(script: str, args: list[str], nproc: int = 2, timeout: int = 240, check: bool = True):
+    """Run an entry point under torchrun on CPU; returns the CompletedProcess (stdout+stderr)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(_free_port()), str(ROOT / script), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_metrics(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
