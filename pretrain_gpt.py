@@ -7,12 +7,18 @@ Shaped like Megatron-LM's pretrain scripts: a model provider, a datasets provide
 step, one ``pretrain(...)`` call. ``pretrain_llama.py`` is the same with the Llama family.
 """
 
-import torch
-from megatron.core import parallel_state as ps
+from megatron_patch.version_guard import check_megatron_core
 
-from megatron_patch.data import build_datasets
-from megatron_patch.model import gpt_model_provider
-from megatron_patch.training import pretrain
+# Before anything imports megatron-core's training parts: a renamed symbol in another
+# megatron-core version is then one clear error, not an ImportError traceback on every rank.
+check_megatron_core()
+
+import torch  # noqa: E402
+from megatron.core import parallel_state as ps  # noqa: E402
+
+from megatron_patch.data import build_datasets  # noqa: E402
+from megatron_patch.model import gpt_model_provider  # noqa: E402
+from megatron_patch.training import pretrain  # noqa: E402
 
 FAMILY = "gpt"
 

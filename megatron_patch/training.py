@@ -34,7 +34,6 @@ from .estimate import dry_run_report
 from .logging_utils import MetricsSink, ReportAccumulator, console_line, reduce_pairs, summarise_train
 from .loss import ReweightConfig, check_reweighting_supported, make_loss_func
 from .run_record import check_resume, write_run_record
-from .version_guard import check_megatron_core
 
 
 @dataclasses.dataclass
@@ -171,7 +170,6 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
             print(json.dumps(vars(args), indent=1, sort_keys=True, default=str))
             print(dry_run_report(args))
             return
-        check_megatron_core()
         validate_args(args, world_size)
         reweight = ReweightConfig.from_args(args)
         check_reweighting_supported(reweight, context_parallel_size=args.context_parallel_size,

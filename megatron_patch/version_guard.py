@@ -43,8 +43,46 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
         # Its handling of a 3-tuple (loss, num_tokens, report) is the loss contract we follow.
         "forward_step_calc_loss": ("loss_func", "config", "num_microbatches"),
     },
-    "megatron.core.tensor_parallel.random": {"CudaRNGStatesTracker": (), "model_parallel_cuda_manual_seed": ("seed",)},
+    "megatron.core.tensor_parallel.random": {
+        "CudaRNGStatesTracker": (),
+        "model_parallel_cuda_manual_seed": ("seed",),
+        "get_cuda_rng_tracker": (),
+    },
     "megatron.core.datasets.indexed_dataset": {"IndexedDatasetBuilder": ("bin_path", "dtype"), "IndexedDataset": (), "DType": ()},
+    "megatron.core.datasets.blended_megatron_dataset_builder": {
+        "BlendedMegatronDatasetBuilder": ("cls", "sizes", "is_built_on_rank", "config"),
+    },
+    "megatron.core.datasets.gpt_dataset": {
+        "GPTDataset": (),
+        "MockGPTDataset": (),
+        "GPTDatasetConfig": ("random_seed", "sequence_length", "blend", "blend_per_split", "split", "tokenizer",
+                             "reset_position_ids", "reset_attention_mask", "eod_mask_loss"),
+    },
+    "megatron.core.models.gpt": {
+        "GPTModel": ("config", "transformer_layer_spec", "vocab_size", "max_sequence_length", "pre_process",
+                     "post_process", "share_embeddings_and_output_weights", "position_embedding_type",
+                     "rotary_percent", "rotary_base"),
+    },
+    "megatron.core.models.gpt.gpt_layer_specs": {
+        "get_gpt_layer_local_spec": ("normalization",),
+        "get_gpt_layer_with_transformer_engine_spec": (),
+    },
+    "megatron.core.transformer": {"TransformerConfig": ()},
+    "megatron.core.transformer.module": {"Float16Module": ("config", "module")},
+    "megatron.core.distributed": {
+        "DistributedDataParallel": ("config", "ddp_config", "module"),
+        "DistributedDataParallelConfig": ("grad_reduce_in_fp32", "use_distributed_optimizer"),
+        "finalize_model_grads": ("model", "num_tokens"),
+    },
+    "megatron.core.optimizer": {
+        "OptimizerConfig": ("optimizer", "lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
+                            "clip_grad", "bf16", "fp16", "use_distributed_optimizer"),
+        "get_megatron_optimizer": ("config", "model_chunks"),
+    },
+    "megatron.core.optimizer_param_scheduler": {
+        "OptimizerParamScheduler": ("optimizer", "init_lr", "max_lr", "min_lr", "lr_warmup_steps", "lr_decay_steps",
+                                    "lr_decay_style", "start_wd", "end_wd", "wd_incr_steps", "wd_incr_style"),
+    },
 }
 
 
