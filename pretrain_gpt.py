@@ -1,17 +1,19 @@
-"""Pretrain a GPT-2-family model (LayerNorm, GELU, learned positions, tied embeddings) with reweighting.
+"""Pretrain a GPT model with online loss-based sample reweighting (GPT-2 family defaults).
 
     torchrun --nproc_per_node 2 pretrain_gpt.py --model gpt2-mini --mock-data --train-iters 20 \\
         --reweight-strategy linupper --reweight-r 1.0
 
-Shaped like Megatron-LM's pretrain scripts: a model provider, a datasets provider, a forward
-step, one ``pretrain(...)`` call. ``pretrain_llama.py`` is the same with the Llama family.
+Shaped like Megatron-LM's pretrain_gpt.py: a model provider, a datasets provider, a forward
+step, one ``pretrain(...)`` call. Without a ``--model`` preset the GPT-2 layout applies
+(LayerNorm, GELU, learned positions, tied embeddings); ``pretrain_llama.py`` runs the same
+steps with the Llama layout.
 """
 
-from megatron_patch.version_guard import check_megatron_core
+from megatron_patch.version_guard import require_megatron_core
 
 # Before anything imports megatron-core's training parts: a renamed symbol in another
 # megatron-core version is then one clear error, not an ImportError traceback on every rank.
-check_megatron_core()
+require_megatron_core()
 
 import torch  # noqa: E402
 from megatron.core import parallel_state as ps  # noqa: E402
@@ -51,8 +53,8 @@ def forward_step(data_iterator, model, step):
     return output_tensor, step.loss_func(loss_mask, domain_ids)
 
 
-def main(argv=None):
-    pretrain(datasets_provider, model_provider, forward_step, family=FAMILY, argv=argv)
+def main(argv=None, family=FAMILY):
+    pretrain(datasets_provider, model_provider, forward_step, family=family, argv=argv)
 
 
 if __name__ == "__main__":

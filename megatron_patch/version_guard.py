@@ -9,6 +9,7 @@ project is listed here).
 
 import importlib
 import inspect
+import sys
 
 SUPPORTED_VERSIONS = ("0.16.1",)
 
@@ -138,3 +139,12 @@ def check_megatron_core(required: dict[str, dict[str, tuple[str, ...]]] = REQUIR
             f"Supported megatron-core versions: {', '.join(SUPPORTED_VERSIONS)} "
             f"(pip install megatron-core=={SUPPORTED_VERSIONS[-1]})."
         )
+
+
+def require_megatron_core() -> None:
+    """:func:`check_megatron_core` for entry points: the error as one line on stderr, exit code 2."""
+    try:
+        check_megatron_core()
+    except MegatronVersionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
