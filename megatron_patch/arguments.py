@@ -98,7 +98,9 @@ def _parallel_args(p):
 
 def _data_args(p):
     g = p.add_argument_group("data")
-    g.add_argument("--data-path", nargs="*", default=None, help="[weight] prefix [weight prefix ...]")
+    g.add_argument("--data-path", "--train-data-path", dest="data_path", nargs="*", default=None,
+                   help="[weight] prefix [weight prefix ...]; weights are sampling probabilities. Split by "
+                        "--split unless --valid-data-path is given (then all of it trains)")
     g.add_argument("--valid-data-path", nargs="*", default=None,
                    help="validation prefixes, one set per domain, independent of the training weights")
     g.add_argument("--split", default="969,30,1")
