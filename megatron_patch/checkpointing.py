@@ -35,7 +35,8 @@ class LoopState:
     skipped_iterations: int = 0
     scheduler: dict = dataclasses.field(default_factory=dict)
     reweight: dict = dataclasses.field(default_factory=dict)
-    blend: dict = dataclasses.field(default_factory=dict)  # prefixes, weights, consumed per dataset
+    blend: dict = dataclasses.field(default_factory=dict)  # prefixes, weights (sampling probabilities)
+    consumed_per_dataset: dict = dataclasses.field(default_factory=dict)  # domain name -> samples drawn
     layout: dict = dataclasses.field(default_factory=dict)  # dp, tp, pp, cp
 
 
@@ -121,6 +122,15 @@ def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) ->
     log(f"saved checkpoint at iteration {state.iteration}")
 
 
+def _check_finite(model, path: str) -> None:
+    """Refuse weights with NaN/Inf (a damaged shard, or a run saved after it diverged)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all().float().view(1)
+    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)  # every stage's verdict
+    if not finite.item():
+        raise ArgumentError(f"--load: {path} holds non-finite weights; resume from an earlier iteration "
+                            f"(write it into {MARKER})")
+
+
 def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, load_rng: bool = True) -> LoopState | None:
     """Load the latest checkpoint under ``root`` into ``model``/``optimizer``; None if there is none."""
     iteration = read_marker(root)
@@ -129,16 +139,26 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
     path = checkpoint_dir(root, iteration)
     if not os.path.isdir(path):
         raise ArgumentError(f"--load {root}: {MARKER} names iteration {iteration} but {path} is missing")
-    common = dist_checkpointing.load_common_state_dict(path)
-    if common.get("format") != FORMAT_TAG:
-        raise ArgumentError(f"--load {root}: {path} is not a checkpoint of this project (format {common.get('format')!r})")
+    try:
+        common = dist_checkpointing.load_common_state_dict(path)
+    except Exception as err:  # noqa: BLE001 - no readable common state: not ours, or damaged
+        raise ArgumentError(f"--load {root}: {path} is not a readable checkpoint of this project "
+                            f"({type(err).__name__}: {err}); point --load elsewhere") from err
+    if not isinstance(common, dict) or common.get("format") != FORMAT_TAG:
+        raise ArgumentError(f"--load {root}: {path} is not a checkpoint of this project (no {FORMAT_TAG!r} tag); "
+                            "point --load elsewhere")
     sharded = _sharded_state(model, optimizer, is_loading=True)
     if not load_optim:
         sharded.pop("optimizer")
-    loaded = dist_checkpointing.load(sharded, path)
+    try:
+        loaded = dist_checkpointing.load(sharded, path)
+    except Exception as err:  # noqa: BLE001 - any read failure is a damaged checkpoint to the user
+        raise ArgumentError(f"--load {root}: {path} cannot be read ({type(err).__name__}: {err}); remove it and "
+                            f"write the previous iteration into {MARKER}, or point --load elsewhere") from err
     model.module.load_state_dict(loaded["model"])
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
+    _check_finite(model, path)
     rank_file = os.path.join(path, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
     if load_rng and os.path.exists(rank_file):
         _set_rng_state(torch.load(rank_file, weights_only=False))

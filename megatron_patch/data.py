@@ -4,8 +4,9 @@ Blend weights are **sampling probabilities** (independent of the datasets' sizes
 Megatron-LM: ``--data-path 0.3 A 0.7 B`` draws 30% of the samples from A. Each training sample
 carries its domain id (``BlendedDataset``'s ``dataset_id``: the position of its prefix in the
 blend) into the loss, for per-domain statistics. Validation sets are fixed per domain
-(``--valid-data-path``, one prefix per domain, never weighted by the training blend), so
-validation losses of differently weighted runs compare fairly.
+(``--valid-data-path``, one prefix per domain, or the ``--split`` validation part of each prefix;
+never weighted by the training blend), so validation losses of differently weighted runs compare
+fairly.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import re
 
 import numpy as np
 import torch
+from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
@@ -107,10 +109,15 @@ def _config(args, tokenizer, blend=None, blend_per_split=None, split=None) -> GP
 
 
 def build_datasets(args, tokenizer, is_built_on_rank) -> DataSetup:
-    """Train and per-domain validation datasets for ``train_iters`` steps and the eval schedule."""
+    """The training blend for ``train_iters`` steps and one fixed validation set per domain.
+
+    Validation sets come from ``--valid-data-path`` (one prefix per domain) or, without it, from
+    the ``--split`` validation part of each training prefix on its own; never from the weighted
+    blend, so they do not depend on the training weights. Each evaluation reads the same first
+    ``eval_iters`` global batches of each set.
+    """
     train_samples = args.train_iters * args.global_batch_size
-    eval_runs = args.train_iters // args.eval_interval + 1
-    valid_samples = max(eval_runs * args.eval_iters * args.global_batch_size, 1)
+    valid_samples = max(args.eval_iters * args.global_batch_size, 1)
     if args.mock_data:
         config = _config(args, tokenizer, split="99,1,0")
         config.mock = True
@@ -133,45 +140,61 @@ def build_datasets(args, tokenizer, is_built_on_rank) -> DataSetup:
             ).build()[1]
     else:
         config = _config(args, tokenizer, blend=(prefixes, weights), split=args.split)
-        train, valid_set, _ = BlendedMegatronDatasetBuilder(
-            GPTDataset, [train_samples, valid_samples, 0], is_built_on_rank, config
-        ).build()
-        valid = {"all": valid_set} if valid_set is not None else {}
+        train = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, 0, 0], is_built_on_rank, config).build()[0]
+        valid = {}
+        for prefix in prefixes:
+            config = _config(args, tokenizer, blend=([prefix], None), split=args.split)
+            if config.split_matrix[1] is None:
+                break  # --split gives no validation part
+            # Only the validation part of this prefix: the training part is built (once) above.
+            config.split_matrix = [None, config.split_matrix[1], None]
+            valid[domain_name(prefix)] = BlendedMegatronDatasetBuilder(
+                GPTDataset, [0, valid_samples, 0], is_built_on_rank, config
+            ).build()[1]
+    if train is None:
+        raise ArgumentError(f"--split {args.split}: gives no training part; use e.g. 969,30,1")
     return DataSetup(train, valid, [domain_name(p) for p in prefixes], (prefixes, weights))
 
 
-class SampleRange(torch.utils.data.Dataset):
-    """Samples ``[start, start + n)`` of ``dataset`` (a deterministic, resumable order)."""
+def consumed_per_dataset(dataset, consumed_samples: int, domains: list[str]) -> dict[str, int]:
+    """How many of the first ``consumed_samples`` samples came from each dataset of the blend."""
+    if not isinstance(dataset, BlendedDataset):
+        return {domains[0]: consumed_samples} if len(domains) == 1 else {}
+    counts = np.bincount(dataset.dataset_index[:consumed_samples], minlength=len(domains))
+    return {name: int(n) for name, n in zip(domains, counts)}
 
-    def __init__(self, dataset, start: int):
-        self.dataset, self.start = dataset, start
+
+class DataParallelBatches:
+    """Index batches of one DP rank, in Megatron's order, starting after ``consumed_samples``.
+
+    Global sample ``k`` goes to DP rank ``(k // micro_batch_size) % dp_size`` within each block
+    of ``micro_batch_size * dp_size`` samples, so a reweighting group (one micro-batch over the
+    DP group) is one contiguous block of the dataset. With ``wrap`` the order cycles (validation
+    sets smaller than an evaluation); without it, it ends with the last full block.
+    """
+
+    def __init__(self, num_samples: int, *, consumed_samples: int, micro_batch_size: int, dp_rank: int,
+                 dp_size: int, wrap: bool = False):
+        self.num_samples, self.start, self.wrap = num_samples, consumed_samples, wrap
+        self.micro_batch_size, self.dp_rank, self.group = micro_batch_size, dp_rank, micro_batch_size * dp_size
 
     def __len__(self):
-        return len(self.dataset) - self.start
+        return 2**62 if self.wrap else max(self.num_samples - self.start, 0) // self.group
 
-    def __getitem__(self, i):
-        return self.dataset[self.start + i]
+    def __iter__(self):
+        start = self.start
+        while self.wrap or start + self.group <= self.num_samples:
+            first = start + self.dp_rank * self.micro_batch_size
+            yield [(first + i) % self.num_samples for i in range(self.micro_batch_size)]
+            start += self.group
 
 
 def batch_iterator(dataset, *, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
-                   num_workers: int = 0):
-    """Micro-batches of this DP rank, in Megatron's order, starting after ``consumed_samples``.
-
-    Global sample ``k`` of a step goes to DP rank ``(k // micro_batch_size) % dp_size`` within each
-    ``micro_batch_size * dp_size`` block, so a DP group's micro-batch is one contiguous block.
-    """
-    group = micro_batch_size * dp_size
-
-    def indices():
-        start = consumed_samples
-        while start + group <= len(dataset):
-            first = start + dp_rank * micro_batch_size
-            yield list(range(first, first + micro_batch_size))
-            start += group
-
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=list(indices()), num_workers=num_workers, collate_fn=_collate
-    )
+                   num_workers: int = 0, wrap: bool = False):
+    """An iterator over this DP rank's micro-batches (dicts of ``[b, ...]`` tensors)."""
+    batches = DataParallelBatches(len(dataset), consumed_samples=consumed_samples, micro_batch_size=micro_batch_size,
+                                  dp_rank=dp_rank, dp_size=dp_size, wrap=wrap)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate)
     return iter(loader)
 
 

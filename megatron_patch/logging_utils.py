@@ -1,8 +1,9 @@
-"""Logging: the Megatron-style console line, the metrics file (JSON lines), tensorboard.
+"""Logging: the Megatron-style console line, the metrics file (JSON lines), tensorboard, wandb.
 
 Report entries are Megatron's ``{name: tensor([sum, count])}``; :class:`ReportAccumulator` sums
-them on the device over the micro-batches and steps of a log interval, and reduces them over the
+them on the device over the micro-batches and steps of a log interval and reduces them over the
 data-parallel group once, when the line is printed (the only host sync the logging adds).
+tensorboard and wandb are optional: a missing package is one warning, never a failed run.
 """
 
 import json
@@ -39,15 +40,8 @@ class ReportAccumulator:
         return {k: tuple(v) for k, v in zip(keys, values)}
 
 
-def reduce_pairs(pairs: dict, dp_group) -> dict:
-    """Reduce ``{key: tensor([sum, count])}`` over DP (one collective); returns (sum, count) floats."""
-    acc = ReportAccumulator()
-    acc.sums = {k: v.clone() for k, v in pairs.items()}
-    return acc.pop(dp_group)
-
-
 def summarise_train(pairs: dict[str, tuple[float, float]], domains: list[str]) -> dict:
-    """Metrics-file fields from reduced report pairs."""
+    """Metrics-file fields from reduced report pairs (``sum / count`` each; per domain when >1)."""
     out = {}
     for key in _TRAIN_KEYS:
         if key in pairs:
@@ -60,10 +54,10 @@ def summarise_train(pairs: dict[str, tuple[float, float]], domains: list[str]) -
     per_domain = {}
     for d, name in enumerate(domains):
         entry = {}
-        for key, field in (("loss", "loss"), ("token_share", "token_share"), ("weight_share", "weight_share")):
+        for key in ("loss", "token_share", "weight_share"):
             pair = pairs.get(f"domain {d} {key}")
             if pair is not None and pair[1]:
-                entry[field] = pair[0] / pair[1]
+                entry[key] = pair[0] / pair[1]
         if entry:
             per_domain[name] = entry
     if len(per_domain) > 1:
@@ -71,41 +65,47 @@ def summarise_train(pairs: dict[str, tuple[float, float]], domains: list[str]) -
     return out
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.6E}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}"
-    return str(value)
+def _sci(value) -> str:
+    return "nan" if value is None else f"{value:.6E}"
 
 
 def console_line(record: dict, train_iters: int) -> str:
-    """Megatron-LM's ``iteration i/ N | key: value | ...`` line."""
+    """Megatron-LM's ``iteration i/ N | key: value | ...`` line, plus the reweighting fields."""
     parts = [
         f" iteration {record['iteration']:8d}/{train_iters:8d}",
         f"consumed samples: {record['consumed_samples']:12d}",
         f"elapsed time per iteration (ms): {record['ms_per_iter']:.1f}",
         f"tokens/s: {record['tokens_per_s']:.0f}",
         f"learning rate: {record['lr']:.6E}",
-        f"lm loss: {_fmt(record.get('lm loss'))}",
+        f"global batch size: {record['global_batch_size']:5d}",
+        f"lm loss: {_sci(record.get('lm loss'))}",
+        f"weighted loss: {_sci(record.get('weighted loss'))}",
     ]
     if record.get("reweight r") is not None:
-        parts += [f"weighted loss: {_fmt(record.get('weighted loss'))}", f"r: {_fmt(record['reweight r'])}",
-                  f"ess: {_fmt(record.get('ess'))}", f"max weight: {_fmt(record.get('max_weight'))}"]
+        parts += [f"r: {record['reweight r']:.4g}", f"ess: {record['ess']:.4f}", f"max weight: {record['max_weight']:.3f}"]
     else:
         parts.append("r: uniform")
-    parts += [f"grad norm: {_fmt(record.get('grad_norm'))}",
-              f"skipped iterations: {record['skipped']}", f"nonfinite samples: {record.get('nonfinite', 0)}"]
+    grad_norm = record.get("grad_norm")
+    parts += [f"grad norm: {'nan' if grad_norm is None else f'{grad_norm:.3f}'}",
+              f"number of skipped iterations: {record['skipped']:3d}",
+              f"number of nan iterations: {record['nan_iterations']:3d}",
+              f"nonfinite samples: {record.get('nonfinite', 0)}"]
     for name, d in record.get("domains", {}).items():
         share = f" w {d['weight_share']:.3f}" if "weight_share" in d else ""
-        parts.append(f"{name}: loss {d.get('loss', float('nan')):.3f} tok {d.get('token_share', 0):.3f}{share}")
+        parts.append(f"{name}: loss {d.get('loss', math.nan):.3f} tok {d.get('token_share', 0):.3f}{share}")
     return " | ".join(parts) + " |"
 
 
-class MetricsSink:
-    """Writes records to the metrics file and tensorboard (both optional)."""
+def validation_line(record: dict) -> str:
+    domains = " | ".join(f"{name} loss: {d['loss']:.6E} ppl: {d['ppl']:.3f}" for name, d in record["domains"].items())
+    return f" validation at iteration {record['iteration']:8d} | loss: {record['loss']:.6E} | ppl: {record['ppl']:.3f} | {domains} |"
 
-    def __init__(self, metrics_file: str | None, tensorboard_dir: str | None):
+
+class MetricsSink:
+    """Writes records to the metrics file, tensorboard and wandb (each optional)."""
+
+    def __init__(self, *, metrics_file: str | None, tensorboard_dir: str | None, wandb_project: str | None,
+                 wandb_name: str | None, run_config: dict):
         self.file = None
         if metrics_file:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_file)), exist_ok=True)
@@ -115,30 +115,60 @@ class MetricsSink:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("warning: --tensorboard-dir given but tensorboard is not installed (pip install tensorboard); skipping")
+                print("warning: --tensorboard-dir given but tensorboard is not installed (pip install tensorboard); "
+                      "not writing tensorboard events", flush=True)
             else:
                 self.writer = SummaryWriter(tensorboard_dir)
+        self.wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                print("warning: --wandb-project given but wandb is not installed (pip install wandb); "
+                      "not logging to wandb", flush=True)
+            else:
+                self.wandb = wandb.init(project=wandb_project, name=wandb_name, config=run_config)
 
     def write(self, record: dict) -> None:
         if self.file:
-            self.file.write(json.dumps(record, allow_nan=False, default=_json_safe) + "\n")
+            self.file.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
             self.file.flush()
-        if self.writer and record.get("kind") in ("train", "valid"):
-            step = record["iteration"]
-            prefix = "" if record["kind"] == "train" else "valid/"
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "iteration" and math.isfinite(value):
-                    self.writer.add_scalar(prefix + key, value, step)
-            for name, d in record.get("domains", {}).items():
-                for key, value in d.items():
-                    self.writer.add_scalar(f"{prefix}{name}/{key}", value, step)
+        if record.get("kind") in ("train", "valid") and (self.writer or self.wandb):
+            scalars = _scalars(record)
+            if self.writer:
+                for key, value in scalars.items():
+                    self.writer.add_scalar(key, value, record["iteration"])
+                self.writer.flush()
+            if self.wandb:
+                self.wandb.log(scalars, step=record["iteration"])
 
     def close(self):
         if self.file:
             self.file.close()
         if self.writer:
             self.writer.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def _scalars(record: dict) -> dict[str, float]:
+    """Flat ``{tag: value}`` of a record's finite numbers; per-domain as ``{prefix}{domain}/{key}``."""
+    prefix = "" if record["kind"] == "train" else "valid/"
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, (bool, int, float)) and key != "iteration" and math.isfinite(value):
+            out[prefix + key] = float(value)
+    for name, d in record.get("domains", {}).items():
+        for key, value in d.items():
+            if math.isfinite(value):
+                out[f"{prefix}{name}/{key}"] = value
+    return out
 
 
 def _json_safe(value):
+    """``record`` with non-finite floats as null (strict JSON; a NaN loss must not stop the run)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -35,16 +35,17 @@ def _versions() -> dict:
     return versions
 
 
-def write_run_record(save_dir: str, args, reweight) -> str:
-    """Write ``run.json`` in ``save_dir`` atomically; returns its path."""
+def write_run_record(save_dir: str, args, reweight, *, start_iteration: int = 0) -> str:
+    """Write ``run.json`` in ``save_dir`` atomically (each start rewrites it); returns its path."""
     record = {
+        "start_iteration": start_iteration,
         "args": {k: v for k, v in sorted(vars(args).items())},
         "versions": _versions(),
         "git_commit": _git_commit(),
         "layout": {"dp": args.data_parallel_size, "tp": args.tensor_model_parallel_size,
                    "pp": args.pipeline_model_parallel_size, "cp": args.context_parallel_size,
                    "world_size": int(os.environ.get("WORLD_SIZE", 1))},
-        "seed": args.seed,
+        "seed": args.seed,  # python/numpy/torch; pipeline stage p uses seed + 100 * p
         "reweighting": {"strategy": reweight.strategy, "delta": reweight.delta, **reweight.schedule.state_dict()},
     }
     os.makedirs(save_dir, exist_ok=True)
