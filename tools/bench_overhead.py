@@ -1,0 +1,62 @@
+"""Reweighting overhead: step time of ``pretrain_llama.py`` with a reweighting strategy vs ``uniform``.
+
+    python -m tools.bench_overhead --rounds 5 --train-iters 40
+
+Each round runs the entry point twice under torchrun (2 gloo processes, the ``tiny`` preset on
+mock data), once with ``--reweight-strategy linupper`` and once with ``uniform``, in ABBA order.
+A run's step time is the median ``ms_per_iter`` of its metrics file after ``--skip-iters``
+warm-up steps (so start-up and the first slow steps do not count); the figure is the median over
+rounds of the per-round ratio. Target: <= 1.01. Flags after ``--`` go to the entry point.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+
+from tools.benchlib import interleave, machine, round_ratios, spread, steady_ms_per_iter, torchrun, train_records
+
+TARGET = 1.01
+BASE_FLAGS = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "8192",
+              "--micro-batch-size", "2", "--log-interval", "1", "--eval-interval", "1000000", "--eval-iters", "1"]
+
+
+def run_entry_point(strategy: str, args: argparse.Namespace, extra: list[str]) -> float:
+    """One ``pretrain_llama.py`` run; returns its steady-state ms per step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = f"{tmp}/metrics.jsonl"
+        flags = [*BASE_FLAGS, "--train-iters", str(args.train_iters), "--metrics-file", metrics,
+                 "--reweight-strategy", strategy, "--reweight-r", str(args.r), *extra]
+        torchrun(["pretrain_llama.py", *flags], nproc=args.nproc)
+        ms = steady_ms_per_iter(train_records(metrics), args.skip_iters)
+    print(f"  {strategy:>9}: {ms:8.1f} ms/step", flush=True)
+    return ms
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="pairs of runs (default: 5)")
+    p.add_argument("--train-iters", type=int, default=40)
+    p.add_argument("--skip-iters", type=int, default=10, help="warm-up steps left out of the median")
+    p.add_argument("--strategy", default="linupper", help="the reweighting strategy to compare with uniform")
+    p.add_argument("--r", type=float, default=1.0, help="its temperature")
+    p.add_argument("--nproc", type=int, default=2, help="processes (data-parallel ranks)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    print(f"machine: {machine()}")
+    results = interleave([args.strategy, "uniform"], args.rounds, lambda s: run_entry_point(s, args, extra))
+    ratios = round_ratios(results, args.strategy, "uniform")
+    ratio = statistics.median(ratios)
+    print(f"ms/step {args.strategy}: {spread(results[args.strategy])}, uniform: {spread(results['uniform'])}")
+    print(f"reweighting overhead ({args.strategy} / uniform step time, median [min, max] of {args.rounds} rounds): "
+          f"{spread(ratios)}; target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
