@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 
+from .health import add_weight_health_args
 from .loss import add_reweight_args
 from .presets import FAMILY_DEFAULTS, PRESETS
 
@@ -19,18 +20,38 @@ class ArgumentError(ValueError):
     """A bad flag value or combination; the message names the flag and what to change."""
 
 
-# Upstream flags that only select kernels, fusions or overlap on GPUs: accepted so that
-# Megatron-LM launch scripts run unchanged, and logged once as "has no effect here".
+# Upstream flags that only select kernels, fusions, overlap, fp8 recipes or I/O modes on GPUs:
+# accepted so that Megatron-LM launch scripts run unchanged, and logged once as "has no effect here".
+# Flags that change the math (--apply-layernorm-1p, --cross-entropy-loss-fusion, ...) are real
+# flags below, never in these lists.
 NO_EFFECT_FLAGS = (
     "--use-flash-attn", "--overlap-grad-reduce", "--overlap-param-gather", "--bias-gelu-fusion",
     "--no-bias-gelu-fusion", "--bias-swiglu-fusion", "--no-bias-swiglu-fusion", "--masked-softmax-fusion",
-    "--no-masked-softmax-fusion", "--bias-dropout-fusion", "--no-bias-dropout-fusion",
-    "--apply-layernorm-1p", "--attention-softmax-in-fp32", "--accumulate-allreduce-grads-in-fp32",
+    "--no-masked-softmax-fusion", "--bias-dropout-fusion", "--no-bias-dropout-fusion", "--no-rope-fusion",
+    "--attention-softmax-in-fp32", "--accumulate-allreduce-grads-in-fp32",
     "--use-mcore-models", "--no-gradient-accumulation-fusion", "--use-fused-rmsnorm",
-    "--no-async-tensor-model-parallel-allreduce", "--tp-comm-overlap", "--manual-gc",
+    "--no-async-tensor-model-parallel-allreduce", "--tp-comm-overlap", "--manual-gc", "--fp8-param-gather",
+    "--no-create-attention-mask-in-dataloader", "--no-mmap-bin-files",
 )
-NO_EFFECT_VALUED_FLAGS = ("--transformer-impl", "--fp8-format", "--fp8-recipe", "--attention-backend",
-                          "--distributed-timeout-minutes", "--manual-gc-interval")
+NO_EFFECT_VALUED_FLAGS = ("--transformer-impl", "--fp8-format", "--fp8-recipe", "--fp8-margin", "--fp8-interval",
+                          "--fp8-amax-history-len", "--fp8-amax-compute-algo", "--attention-backend",
+                          "--distributed-timeout-minutes", "--manual-gc-interval", "--empty-unused-memory-level")
+
+# Upstream flags we do not support, with what to do instead (the error names the flag).
+UNSUPPORTED_HINTS = {
+    "--train-samples": "use --train-iters (steps of --global-batch-size samples)",
+    "--lr-decay-samples": "use --lr-decay-iters",
+    "--lr-warmup-samples": "use --lr-warmup-iters or --lr-warmup-fraction",
+    "--rampup-batch-size": "batch-size ramp-up is not supported; use a fixed --global-batch-size",
+    "--vocab-file": "GPT-2 BPE is not supported; pass a SentencePiece --tokenizer-model (tools/train_tokenizer.py)",
+    "--merge-file": "GPT-2 BPE is not supported; pass a SentencePiece --tokenizer-model (tools/train_tokenizer.py)",
+    "--recompute-activations": "activation recomputation is not supported; lower --micro-batch-size or raise TP/PP",
+    "--recompute-granularity": "activation recomputation is not supported; lower --micro-batch-size or raise TP/PP",
+    "--fp16-lm-cross-entropy": "the cross entropy is computed in fp32 here; drop the flag",
+    "--grad-reduce-in-bf16": "gradients are reduced in fp32 here; drop the flag",
+    "--decoupled-lr": "one learning rate for all parameters here; drop the flag",
+    "--num-experts": "mixture-of-experts models are not supported",
+}
 
 # Shape/model flags that presets and families fill in: parser default None means "not given".
 _MODEL_DEFAULTS = dict(
@@ -48,16 +69,24 @@ def _model_args(p):
     for flag in ("num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size", "seq-length",
                  "max-position-embeddings", "vocab-size", "kv-channels", "num-query-groups"):
         g.add_argument(f"--{flag}", type=int, default=None)
-    g.add_argument("--group-query-attention", action="store_true")
+    g.add_argument("--group-query-attention", action="store_true",
+                   help="use --num-query-groups key/value heads (default 1, as in Megatron-LM)")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--normalization", choices=("LayerNorm", "RMSNorm"), default=None)
     g.add_argument("--norm-epsilon", type=float, default=None)
     g.add_argument("--swiglu", action="store_true", default=None)
     g.add_argument("--position-embedding-type", choices=("learned_absolute", "rope"), default=None)
+    g.add_argument("--no-position-embedding", action="store_true",
+                   help="Megatron-LM's older spelling of 'no learned positions'; valid with rope only")
     g.add_argument("--rotary-base", type=int, default=10000)
     g.add_argument("--rotary-percent", type=float, default=1.0)
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None)
     g.add_argument("--disable-bias-linear", action="store_true", default=None)
+    g.add_argument("--apply-layernorm-1p", action="store_true",
+                   help="norm weights stored as (gamma - 1), initialised at 0 (needs Transformer Engine)")
+    g.add_argument("--cross-entropy-loss-fusion", action="store_true",
+                   help="fused cross entropy (still per token; checked at start-up)")
+    g.add_argument("--cross-entropy-fusion-impl", choices=("native", "te"), default="native")
     g.add_argument("--init-method-std", type=float, default=0.02)
     g.add_argument("--hidden-dropout", type=float, default=None)
     g.add_argument("--attention-dropout", type=float, default=None)
@@ -72,12 +101,15 @@ def _training_args(p):
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--lr-decay-style", choices=("constant", "linear", "cosine"), default="cosine")
     g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-warmup-fraction", type=float, default=None,
+                   help="warm up over this fraction of --lr-decay-iters (instead of --lr-warmup-iters)")
     g.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--clip-grad", type=float, default=1.0)
     g.add_argument("--adam-beta1", type=float, default=0.9)
     g.add_argument("--adam-beta2", type=float, default=0.95)
     g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--optimizer", choices=("adam",), default="adam", help="Adam with decoupled weight decay")
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--seed", type=int, default=1234)
@@ -119,6 +151,8 @@ def _io_args(p):
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--ckpt-format", choices=("torch_dist",), default="torch_dist",
+                   help="megatron-core dist_checkpointing, the only format here")
     g.add_argument("--override-data-blend", action="store_true",
                    help="allow --load with a data blend that differs from the checkpoint's")
     g.add_argument("--eval-interval", type=int, default=1000)
@@ -140,6 +174,7 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     for add in (_model_args, _training_args, _parallel_args, _data_args, _io_args):
         add(p)
     add_reweight_args(p)
+    add_weight_health_args(p)
     g = p.add_argument_group("accepted for Megatron-LM compatibility, no effect here")
     for flag in NO_EFFECT_FLAGS:
         g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
@@ -149,8 +184,9 @@ def build_parser(family: str) -> argparse.ArgumentParser:
 
 
 def no_effect_flags_given(args) -> list[str]:
-    """The accepted-but-inert flags the user passed (to log once)."""
-    given = [f for f in NO_EFFECT_FLAGS if getattr(args, f[2:].replace("-", "_"))]
+    """The accepted-but-inert flags the user passed (to log once), incl. ``--sequence-parallel`` without TP."""
+    given = list(getattr(args, "ignored_flags", []))
+    given += [f for f in NO_EFFECT_FLAGS if getattr(args, f[2:].replace("-", "_"))]
     given += [f for f in NO_EFFECT_VALUED_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
     return given
 
@@ -159,7 +195,13 @@ def parse_args(argv=None, *, family: str = "llama") -> argparse.Namespace:
     """Parse ``argv`` and resolve presets and family defaults (no validation of the layout)."""
     if family not in FAMILY_DEFAULTS:
         raise ArgumentError(f"unknown model family {family!r}; use llama or gpt")
-    args = build_parser(family).parse_args(argv)
+    parser = build_parser(family)
+    args, unknown = parser.parse_known_args(argv)
+    flags = [u.split("=")[0] for u in unknown if u.startswith("-")]
+    if unknown:
+        hints = "; ".join(f"{f}: {UNSUPPORTED_HINTS[f]}" for f in flags if f in UNSUPPORTED_HINTS)
+        raise ArgumentError(f"unsupported flag(s) {' '.join(flags or unknown)}"
+                            f"{' (' + hints + ')' if hints else ''}; see docs/flags.md for the supported ones")
     args.family = family
     resolved = dict(FAMILY_DEFAULTS[family])
     resolved.update(PRESETS.get(args.model) or {})
@@ -171,8 +213,22 @@ def parse_args(argv=None, *, family: str = "llama") -> argparse.Namespace:
             setattr(args, name, value)
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
-    if args.num_query_groups is None or not args.group_query_attention:
+    if args.ffn_hidden_size is None and args.hidden_size is not None:
+        # Megatron-LM's rule: SwiGLU has two input projections, so 2/3 of 4h keeps the parameter
+        # count of a 4h GELU MLP, rounded down to a multiple of 64.
+        args.ffn_hidden_size = int(4 * args.hidden_size * 2 / 3 / 64) * 64 if args.swiglu else 4 * args.hidden_size
+    if args.group_query_attention:
+        args.num_query_groups = 1 if args.num_query_groups is None else args.num_query_groups
+    elif args.num_query_groups is not None and args.num_query_groups != args.num_attention_heads:
+        raise ArgumentError(f"--num-query-groups {args.num_query_groups} needs --group-query-attention "
+                            "(Megatron-LM would ignore it); add --group-query-attention or drop --num-query-groups")
+    else:
         args.num_query_groups = args.num_attention_heads
+    if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
+        raise ArgumentError("--lr-warmup-fraction and --lr-warmup-iters are exclusive; pass one")
+    if args.no_position_embedding and args.position_embedding_type != "rope":
+        raise ArgumentError("--no-position-embedding leaves the model without positions; "
+                            "pass --position-embedding-type rope with it")
     return args
 
 
@@ -192,6 +248,14 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
                  f"--{name.replace('_', '-')} is not set; pass it or choose a --model preset ({', '.join(sorted(PRESETS))})")
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
     _require(min(tp, pp, cp) >= 1, "--tensor/--pipeline-model-parallel-size and --context-parallel-size must be >= 1")
+    # The forward step gives every rank whole sequences; context parallelism would need each CP
+    # rank to get its slice of the sequence, so CP > 1 would silently train a different model.
+    _require(cp == 1, f"--context-parallel-size {cp} is not supported (sequences are not split over ranks); "
+                      "use --context-parallel-size 1 and TP/PP for memory")
+    if args.sequence_parallel and tp == 1:
+        # As Megatron-LM does: sequence parallelism splits TP regions, so without TP it is off.
+        args.sequence_parallel = False
+        args.ignored_flags = [*getattr(args, "ignored_flags", []), "--sequence-parallel"]
     _require(world_size % (tp * pp * cp) == 0,
              f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
              f"--pipeline-model-parallel-size {pp} x --context-parallel-size {cp}; change them or the number of processes")
@@ -223,6 +287,11 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
              "--train-iters is not set; pass the number of optimizer steps")
     args.lr_decay_iters = args.lr_decay_iters or args.train_iters
     _require(args.lr_warmup_iters >= 0, "--lr-warmup-iters must be >= 0")
+    if args.lr_warmup_fraction is not None:
+        _require(0 <= args.lr_warmup_fraction < 1, f"--lr-warmup-fraction {args.lr_warmup_fraction} must be in [0, 1)")
+        # Upstream's meaning, exactly: a fraction of the decay steps (it may end mid-iteration).
+        if args.lr_decay_iters is not None:
+            args.lr_warmup_iters = args.lr_warmup_fraction * args.lr_decay_iters
     _require(args.min_lr <= args.lr, f"--min-lr {args.min_lr} is above --lr {args.lr}")
     for flag in ("log_interval", "eval_interval"):
         _require(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")

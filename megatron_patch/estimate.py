@@ -13,19 +13,28 @@ import dataclasses
 PEAK_TFLOPS = {"h100-sxm": 989.0, "h100-pcie": 756.0, "h200": 989.0, "a100": 312.0}
 
 
-def layer_params(args: argparse.Namespace) -> int:
-    """Parameters of one transformer layer."""
+def _layer_widths(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(query width, key+value width, MLP input-projection width) of one layer."""
+    kv = args.kv_channels or args.hidden_size // args.num_attention_heads
+    ffn = args.ffn_hidden_size or 4 * args.hidden_size
+    return args.num_attention_heads * kv, 2 * args.num_query_groups * kv, ffn * (2 if args.swiglu else 1)
+
+
+def layer_matmul_weights(args: argparse.Namespace) -> int:
+    """Weights of one layer's matmuls: QKV, attention output, MLP in (x2 for SwiGLU) and out."""
     h = args.hidden_size
-    kv = args.kv_channels or h // args.num_attention_heads
-    q_width = args.num_attention_heads * kv
-    kv_width = 2 * args.num_query_groups * kv
+    q_width, kv_width, fc1_width = _layer_widths(args)
     ffn = args.ffn_hidden_size or 4 * h
-    bias = not args.disable_bias_linear
-    norm = h * (2 if args.normalization == "LayerNorm" else 1)
-    attn = h * (q_width + kv_width) + q_width * h + (q_width + kv_width + h if bias else 0)
-    fc1 = h * ffn * (2 if args.swiglu else 1) + (ffn * (2 if args.swiglu else 1) if bias else 0)
-    fc2 = ffn * h + (h if bias else 0)
-    return 2 * norm + attn + fc1 + fc2
+    return h * (q_width + kv_width) + q_width * h + h * fc1_width + ffn * h
+
+
+def layer_params(args: argparse.Namespace) -> int:
+    """Parameters of one transformer layer: its matmul weights, their biases, two norms."""
+    h = args.hidden_size
+    q_width, kv_width, fc1_width = _layer_widths(args)
+    biases = 0 if args.disable_bias_linear else q_width + kv_width + h + fc1_width + h
+    norm = h * (2 if args.normalization == "LayerNorm" else 1)  # LayerNorm has a bias, RMSNorm not
+    return layer_matmul_weights(args) + biases + 2 * norm
 
 
 def embedding_params(args: argparse.Namespace) -> int:
@@ -48,14 +57,15 @@ def parameter_count(args: argparse.Namespace) -> int:
 def flops_per_token(args: argparse.Namespace) -> float:
     """Training FLOPs per token (forward + backward = 3 x forward).
 
-    Dense: 2 FLOPs per parameter-token in the forward for every matmul weight (the layers and the
-    output layer; the input embedding is a lookup). Attention: QK^T and AV cost
-    2 * 2 * s * (heads * kv) per token and layer in the forward, halved for the causal mask.
+    Dense: 2 FLOPs per weight and token in the forward for every matmul weight (the layers and
+    the output layer; the input embedding is a lookup; norms, biases and activations are left
+    out, under 0.1%). Attention: QK^T and AV cost 2 * 2 * s * (heads * kv) per token and layer
+    in the forward, halved for the causal mask (only the lower triangle is useful work).
     """
     kv = args.kv_channels or args.hidden_size // args.num_attention_heads
-    matmul_params = args.num_layers * layer_params(args) + args.padded_vocab_size * args.hidden_size
+    matmul_weights = args.num_layers * layer_matmul_weights(args) + args.padded_vocab_size * args.hidden_size
     attention = args.num_layers * 2 * args.seq_length * args.num_attention_heads * kv  # causal: half of 4*s*d
-    return 3 * (2 * matmul_params + attention)
+    return 3 * (2 * matmul_weights + attention)
 
 
 def mfu(tokens_per_s_per_gpu: float, args: argparse.Namespace, peak_tflops: float) -> float:

@@ -4,6 +4,9 @@ The layer spec is Transformer Engine's when ``transformer_engine`` imports (the 
 GPU nodes), megatron-core's local one otherwise (CPU, CI): the math is the same, the kernels
 differ. Llama: RMSNorm, SwiGLU, RoPE, no biases, untied embeddings, GQA when set. GPT-2:
 LayerNorm, GELU, learned positions, tied embeddings.
+
+:func:`check_per_token_loss_path` refuses, at start-up and with reweighting on, a built model whose
+loss path cannot give the per-token losses ``[b, s]`` the weights are computed from.
 """
 
 import argparse
@@ -17,6 +20,8 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_with_transformer_engine_spec,
 )
 from megatron.core.transformer import TransformerConfig
+
+from .arguments import ArgumentError
 
 
 @functools.cache
@@ -58,9 +63,12 @@ def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
         params_dtype=dtype,
         pipeline_dtype=dtype,
         calculate_per_token_loss=args.calculate_per_token_loss,
-        # Per-token losses [b, s] are what the reweighting needs; the fused paths give them too,
-        # but keep the plain one unless TE is there.
-        cross_entropy_loss_fusion=False,
+        layernorm_zero_centered_gamma=args.apply_layernorm_1p,
+        # Both fused implementations return per-token losses [b, s] in megatron-core 0.16.1;
+        # check_per_token_loss_path probes the configured one at start-up.
+        cross_entropy_loss_fusion=args.cross_entropy_loss_fusion,
+        cross_entropy_fusion_impl=args.cross_entropy_fusion_impl,
+        # The remaining fusions are kernels only; off, so the local (CPU) spec runs unchanged.
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
@@ -71,8 +79,12 @@ def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
 
 
 def layer_spec(args: argparse.Namespace):
+    """Transformer Engine's layer spec when it imports, megatron-core's local one otherwise."""
     if transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec()
+    if args.apply_layernorm_1p:
+        raise ArgumentError("--apply-layernorm-1p needs Transformer Engine's norms, which do not import here "
+                            "(no CUDA or no transformer_engine); drop the flag")
     return get_gpt_layer_local_spec(normalization=args.normalization)
 
 
@@ -93,3 +105,61 @@ def gpt_model_provider(args: argparse.Namespace, pre_process: bool = True, post_
         rotary_percent=args.rotary_percent,
         rotary_base=args.rotary_base,
     )
+
+
+def _unwrap(model):
+    """The GPTModel inside DDP / Float16Module wrappers (each keeps it in ``.module``)."""
+    while not isinstance(model, GPTModel) and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def check_per_token_loss_path(model, reweight) -> None:
+    """Refuse a model whose loss path cannot give per-token losses while reweighting is on.
+
+    A reduced loss would make the weights meaningless and training silently unweighted (a peer
+    library did exactly that). Static checks first: multi-token prediction and mixture-of-experts
+    add auxiliary losses that no sample weight reaches. Then, on the last pipeline stage, a probe:
+    ``compute_language_model_loss`` (plain, native fused or Transformer Engine cross entropy, as
+    configured) must turn logits ``[s=2, b=2, vocab/tp]`` into losses ``[b=2, s=2]``. Call it on
+    every rank once the model is built (the probe is a collective of the tensor-parallel group).
+
+    Args:
+        model: the built model, bare or wrapped (DDP, Float16Module).
+        reweight: the :class:`megatron_patch.loss.ReweightConfig`; nothing is checked for ``uniform``.
+
+    Raises:
+        ArgumentError: one line naming the setting and what to change.
+    """
+    if not reweight.reweighting:
+        return
+    gpt = _unwrap(model)
+    where = f"--reweight-strategy {reweight.strategy} needs per-token losses"
+    if not isinstance(gpt, GPTModel):
+        raise ArgumentError(f"{where}; the model provider returned {type(gpt).__name__}, not megatron-core's "
+                            "GPTModel; return a GPTModel or use --reweight-strategy uniform")
+    config = gpt.config
+    if getattr(config, "mtp_num_layers", None):
+        raise ArgumentError(f"{where}; multi-token prediction (mtp_num_layers={config.mtp_num_layers}) adds an "
+                            "unweighted loss; turn it off or use --reweight-strategy uniform")
+    if getattr(config, "num_moe_experts", None):
+        raise ArgumentError(f"{where}; mixture-of-experts (num_moe_experts={config.num_moe_experts}) adds an "
+                            "unweighted auxiliary loss; use a dense model or --reweight-strategy uniform")
+    if not gpt.post_process:
+        return
+    setting = (f"--cross-entropy-loss-fusion --cross-entropy-fusion-impl {config.cross_entropy_fusion_impl}"
+               if config.cross_entropy_loss_fusion else "the model's cross entropy")
+    weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights \
+        else gpt.output_layer.weight
+    logits = torch.zeros(2, 2, weight.shape[0], dtype=weight.dtype, device=weight.device)  # [s, b, vocab/tp]
+    labels = torch.zeros(2, 2, dtype=torch.long, device=weight.device)  # [b, s]
+    try:
+        with torch.no_grad():
+            loss = gpt.compute_language_model_loss(labels, logits)
+    except Exception as err:  # noqa: BLE001 - any failure of the probe is a refusal, with its reason
+        raise ArgumentError(f"{where}; {setting} fails on a probe ({type(err).__name__}: {err}); "
+                            "drop --cross-entropy-loss-fusion or use --reweight-strategy uniform") from None
+    if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (2, 2):
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ArgumentError(f"{where}; {setting} returns {shape} for a [2, 2] batch, a reduced loss; "
+                            "drop --cross-entropy-loss-fusion or use --reweight-strategy uniform")

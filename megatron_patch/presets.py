@@ -47,5 +47,7 @@ PRESETS = {
                      seq_length=4096, max_position_embeddings=4096, vocab_size=32000),
 }
 
-# What a family means when neither a preset nor a flag says otherwise.
-FAMILY_DEFAULTS = {"llama": _LLAMA, "gpt": _GPT2}
+# What a family means when neither a preset nor a flag says otherwise. The gpt family is
+# Megatron-LM's pretrain_gpt.py with no model flags, dropout 0.1 included, so that upstream launch
+# scripts build the same model; the GPT-2 presets above set their own dropout.
+FAMILY_DEFAULTS = {"llama": _LLAMA, "gpt": dict(_GPT2, hidden_dropout=0.1, attention_dropout=0.1)}
