@@ -1,0 +1,80 @@
+"""Closed-form estimates: FLOPs per token against hand counts, memory scaling, the --dry-run report."""
+
+import re
+
+import pytest
+
+import pretrain_llama
+from megatron_patch.arguments import parse_args, validate_args
+from megatron_patch.estimate import flops_per_token, memory_per_gpu, parameter_count
+
+def _args(argv, world_size=1):
+    return validate_args(parse_args([*argv, "--mock-data", "--train-iters", "1"], family="llama"), world_size)
+
+
+def test_flops_per_token_llama_1_4b_by_hand():
+    # Matmul weights of one layer: q, k, v, o are 2048 x 2048 each; SwiGLU gate, up, down 2048 x 5632.
+    layer = 4 * 2048 * 2048 + 3 * 2048 * 5632  # 51,380,224
+    weights = 24 * layer + 32000 * 2048  # + output layer: 1,298,661,376
+    # Attention per token and layer: QK^T and AV, 2 FLOPs x 4096 positions x 2048 dims each, causal half.
+    attention = 24 * (2 * 4096 * 2048 + 2 * 4096 * 2048) // 2  # 402,653,184
+    forward = 2 * weights + attention
+    assert 3 * forward == 8_999_927_808  # forward + backward (2 x forward)
+    assert flops_per_token(_args(["--model", "llama-1.4b"])) == 8_999_927_808
+
+
+def test_flops_per_token_llama_7b_by_hand():
+    layer = 4 * 4096 * 4096 + 3 * 4096 * 11008  # 202,375,168
+    weights = 32 * layer + 32000 * 4096  # 6,607,077,376
+    attention = 32 * (2 * 4096 * 4096 + 2 * 4096 * 4096) // 2  # 1,073,741,824
+    assert 3 * (2 * weights + attention) == 42_863_689_728
+    assert flops_per_token(_args(["--model", "llama-7b"])) == 42_863_689_728
+
+
+def test_flops_per_token_with_grouped_query_attention_by_hand():
+    # Llama 3 8B: k and v have 8 groups x 128 = 1024 columns; attention still runs over 32 heads.
+    argv = ["--model", "llama-7b", "--ffn-hidden-size", "14336", "--group-query-attention", "--num-query-groups", "8",
+            "--vocab-size", "128256", "--seq-length", "8192", "--max-position-embeddings", "8192"]
+    layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336
+    weights = 32 * layer + 128256 * 4096
+    attention = 32 * 2 * 8192 * 4096  # half of 4 s d
+    assert flops_per_token(_args(argv)) == 3 * (2 * weights + attention)
+
+
+def test_memory_estimate_scales_with_the_layout():
+    base = ["--model", "llama-7b", "--bf16", "--micro-batch-size", "2"]
+    one = memory_per_gpu(_args(base, world_size=64))
+    params = 32 * 202_383_360 + 2 * 32000 * 4096  # layers (with their two norms) and both embeddings
+    assert one.weights_gib == pytest.approx(params * 2 / 2**30)
+    assert one.optimizer_gib == pytest.approx(params * 12 / 2**30)
+    sharded = memory_per_gpu(_args([*base, "--use-distributed-optimizer"], world_size=64))
+    assert sharded.optimizer_gib == pytest.approx(one.optimizer_gib / 64)
+    tp2 = memory_per_gpu(_args([*base, "--tensor-model-parallel-size", "2"], world_size=64))
+    assert tp2.weights_gib == pytest.approx(one.weights_gib / 2)
+    sp = memory_per_gpu(_args([*base, "--tensor-model-parallel-size", "2", "--sequence-parallel"], world_size=64))
+    assert sp.activations_gib < tp2.activations_gib
+
+
+def _reported_parameters(text: str) -> int:
+    return int(re.search(r"^parameters: ([\d,]+) ", text, re.M).group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("preset, paper, exact", [("llama-1.4b", 1.364e9, 1_364_297_728),
+                                                  ("llama-7b", 6.738e9, 6_738_415_616)])
+def test_dry_run_reports_the_papers_sizes(preset, paper, exact, capsys, monkeypatch):
+    # pretrain_llama.main is the command line's entry (``python pretrain_llama.py ...``), in-process.
+    monkeypatch.setenv("WORLD_SIZE", "64")
+    pretrain_llama.main(["--model", preset, "--dry-run", "--micro-batch-size", "2", "--bf16"])
+    out = capsys.readouterr().out
+    n = _reported_parameters(out)
+    assert n == exact and abs(n / paper - 1) < 0.02
+    assert "tokens per step: 524,288 (128 sequences x 4096)" in out
+    assert "reweighting group: 128 samples" in out and "memory per GPU (estimate, GiB)" in out
+    assert '"num_query_groups": ' in out  # the resolved arguments come first
+
+
+def test_bad_flag_exits_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_llama.main(["--model", "llama-7b", "--dry-run", "--tensor-model-parallel-size", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--tensor-model-parallel-size 3" in err
