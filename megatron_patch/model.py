@@ -20,6 +20,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_with_transformer_engine_spec,
 )
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 from .arguments import ArgumentError
 
@@ -79,13 +80,22 @@ def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
 
 
 def layer_spec(args: argparse.Namespace):
-    """Transformer Engine's layer spec when it imports, megatron-core's local one otherwise."""
+    """Transformer Engine's layer spec when it imports, megatron-core's local one otherwise.
+
+    The local spec's norm is plain torch's (without apex), which has no zero-centred weights and no
+    sequence parallelism: those flags are refused here, by name, rather than by an assertion deep
+    inside megatron-core on every rank.
+    """
     if transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec()
-    if args.apply_layernorm_1p:
-        raise ArgumentError("--apply-layernorm-1p needs Transformer Engine's norms, which do not import here "
-                            "(no CUDA or no transformer_engine); drop the flag")
-    return get_gpt_layer_local_spec(normalization=args.normalization)
+    spec = get_gpt_layer_local_spec(normalization=args.normalization)
+    if spec.submodules.input_layernorm is WrappedTorchNorm:
+        for flag, given in (("--apply-layernorm-1p", args.apply_layernorm_1p),
+                            ("--sequence-parallel", args.sequence_parallel)):
+            if given:
+                raise ArgumentError(f"{flag} needs Transformer Engine's or apex's norms; neither imports here "
+                                    "(CPU, or no transformer_engine/apex); drop the flag")
+    return spec
 
 
 def gpt_model_provider(args: argparse.Namespace, pre_process: bool = True, post_process: bool = True,

@@ -144,8 +144,9 @@ def test_flags_reach_the_transformer_config():
                           add_bias_linear=False)
 
 
-def test_apply_layernorm_1p_without_transformer_engine_is_refused():
+@pytest.mark.parametrize("flags", [["--apply-layernorm-1p"], ["--tensor-model-parallel-size", "2", "--sequence-parallel"]])
+def test_norm_flags_the_torch_norm_cannot_do_are_refused(flags):
     if transformer_engine_available():
-        pytest.skip("Transformer Engine's norms support --apply-layernorm-1p")
-    with pytest.raises(ArgumentError, match="--apply-layernorm-1p needs Transformer Engine"):
-        layer_spec(_args("llama", ["--apply-layernorm-1p"]))
+        pytest.skip("Transformer Engine's norms support zero-centred weights and sequence parallelism")
+    with pytest.raises(ArgumentError, match=f"{flags[-1]} needs Transformer Engine's or apex's norms"):
+        layer_spec(_args("llama", flags, world_size=2))
