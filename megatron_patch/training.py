@@ -30,6 +30,7 @@ from .distributed import initialize_distributed, is_logging_rank, print_rank0, s
 from .estimate import dry_run_report
 from .exits import ExitConditions
 from .health import WeightHealth, WeightHealthConfig
+from .model import check_per_token_loss_path
 from .logging_utils import MetricsSink, ReportAccumulator, console_line, summarise_train, validation_line
 from .loss import ReweightConfig, check_reweighting_supported, make_loss_func
 from .run_record import check_resume, write_run_record
@@ -74,8 +75,14 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
                            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
                            context_parallel_size=args.context_parallel_size, seed=args.seed)
     for flag in no_effect_flags_given(args):
-        print_rank0(f"note: {flag} has no effect here (a GPU kernel/overlap option of Megatron-LM)")
-    model, optimizer, scheduler = build_model_and_optimizer(model_provider, args)
+        print_rank0(f"note: {flag} has no effect here (see docs/flags.md)")
+    try:
+        model, optimizer, scheduler = build_model_and_optimizer(model_provider, args)
+        # Reweighting needs per-token losses: refuse any loss path that would silently not give them.
+        check_per_token_loss_path(model, reweight)
+    except ArgumentError as err:
+        print_rank0(f"error: {err}")
+        sys.exit(2)
     data = datasets_provider(args, tokenizer)
     state = checkpointing.LoopState(
         layout=dict(dp=args.data_parallel_size, tp=args.tensor_model_parallel_size,

@@ -69,6 +69,9 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
         "get_gpt_layer_with_transformer_engine_spec": (),
     },
     "megatron.core.transformer": {"TransformerConfig": ()},
+    "megatron.core.transformer.torch_norm": {"WrappedTorchNorm": ()},
+    "megatron.core.optimizer.clip_grads": {"clip_grad_by_total_norm_fp32": ("parameters", "max_norm", "total_norm")},
+    "megatron.core.datasets.blended_dataset": {"BlendedDataset": ()},
     "megatron.core.transformer.module": {"Float16Module": ("config", "module")},
     "megatron.core.distributed": {
         "DistributedDataParallel": ("config", "ddp_config", "module"),
