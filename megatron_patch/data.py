@@ -20,6 +20,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
 from .arguments import ArgumentError, parse_data_path
+from .distributed import print_rank0
 
 
 class SentencePieceTokenizer:
@@ -139,21 +140,39 @@ def build_datasets(args, tokenizer, is_built_on_rank) -> DataSetup:
                 GPTDataset, [0, valid_samples, 0], is_built_on_rank, config
             ).build()[1]
     else:
-        config = _config(args, tokenizer, blend=(prefixes, weights), split=args.split)
-        train = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, 0, 0], is_built_on_rank, config).build()[0]
+        train = _build_split_part(args, tokenizer, (prefixes, weights), 0, train_samples, is_built_on_rank)
         valid = {}
         for prefix in prefixes:
-            config = _config(args, tokenizer, blend=([prefix], None), split=args.split)
-            if config.split_matrix[1] is None:
-                break  # --split gives no validation part
-            # Only the validation part of this prefix: the training part is built (once) above.
-            config.split_matrix = [None, config.split_matrix[1], None]
-            valid[domain_name(prefix)] = BlendedMegatronDatasetBuilder(
-                GPTDataset, [0, valid_samples, 0], is_built_on_rank, config
-            ).build()[1]
-    if train is None:
-        raise ArgumentError(f"--split {args.split}: gives no training part; use e.g. 969,30,1")
+            dataset = _build_split_part(args, tokenizer, ([prefix], None), 1, valid_samples, is_built_on_rank)
+            if dataset is not None:
+                valid[domain_name(prefix)] = dataset
     return DataSetup(train, valid, [domain_name(p) for p in prefixes], (prefixes, weights))
+
+
+def _build_split_part(args, tokenizer, blend, part: int, num_samples: int, is_built_on_rank):
+    """The ``--split`` part ``part`` (0 train, 1 validation) of ``blend``, or None (validation only) if empty.
+
+    Only that part is built: megatron-core would otherwise also build the other parts, and it
+    loops forever on a part that holds no document of some prefix (small data, a 1% split).
+    """
+    config = _config(args, tokenizer, blend=blend, split=args.split)
+    if config.split_matrix[part] is None:
+        if part == 0:
+            raise ArgumentError(f"--split {args.split}: gives no training part; use e.g. 969,30,1")
+        return None
+    for prefix in blend[0]:
+        n = GPTDataset.numel_low_level_dataset(GPTDataset.build_low_level_dataset(prefix, config))
+        lo, hi = (int(round(x * n)) for x in config.split_matrix[part])
+        if hi <= lo and part == 0:
+            raise ArgumentError(f"--data-path {prefix}: --split {args.split} leaves it no training document; "
+                                f"raise the training share of --split or drop the prefix")
+        if hi <= lo:
+            print_rank0(f"note: --split {args.split} leaves no validation document in {prefix}; no validation "
+                        f"set for {domain_name(prefix)} (give --valid-data-path for one)")
+            return None
+    config.split_matrix = [m if i == part else None for i, m in enumerate(config.split_matrix)]
+    sizes = [num_samples if i == part else 0 for i in range(3)]
+    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, is_built_on_rank, config).build()[part]
 
 
 def consumed_per_dataset(dataset, consumed_samples: int, domains: list[str]) -> dict[str, int]:

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 
 from conftest import TINY, data_flags, read_metrics, torchrun
@@ -12,6 +13,26 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def console_fields(stdout: str) -> list[dict]:
+    """The ``key: value`` fields of each Megatron-style iteration line, values as floats when numeric."""
+    rows = []
+    for line in stdout.splitlines():
+        if line.startswith(" iteration "):
+            fields = {}
+            for part in line.strip(" |").split(" | ")[1:]:
+                key, _, value = part.partition(": ")
+                try:
+                    fields[key] = float(value)
+                except ValueError:
+                    fields[key] = value
+            rows.append(fields)
+    return rows
+
+
+NUMERIC = ("consumed samples", "elapsed time per iteration (ms)", "tokens/s", "learning rate", "lm loss",
+           "weighted loss", "grad norm", "number of skipped iterations", "number of nan iterations")
+
+
 def test_llama_linupper_run_then_exact_resume(fixture_data, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     flags = [*TINY, *data_flags(fixture_data), "--global-batch-size", "8", "--train-iters", "6",
@@ -19,6 +40,12 @@ def test_llama_linupper_run_then_exact_resume(fixture_data, tmp_path):
              "--reweight-strategy", "linupper", "--reweight-r", "0.5", "--reweight-warmup-iters", "2"]
     out = torchrun("pretrain_llama.py", [*flags, "--save", str(full), "--metrics-file", str(full / "m.jsonl")])
     assert "iteration        6/       6" in out.stdout
+    lines = console_fields(out.stdout)
+    assert len(lines) == 6 and all(_finite(row[key]) for row in lines for key in NUMERIC)
+    assert [row["r"] for row in lines] == ["uniform", "uniform", 0.5, 0.5, 0.5, 0.5]
+    assert all(0 < row["ess"] <= 1 and row["max weight"] >= 1 for row in lines[2:])
+    assert all(re.search(r"books: loss \d+\.\d+ tok \d\.\d+ w \d\.\d+", line)
+               for line in out.stdout.splitlines()[-8:] if line.startswith(" iteration        6"))
 
     records = read_metrics(full / "m.jsonl")
     train = [r for r in records if r["kind"] == "train"]
@@ -45,7 +72,8 @@ def test_llama_linupper_run_then_exact_resume(fixture_data, tmp_path):
     (resumed / "latest_checkpointed_iteration.txt").write_text("3")
     out = torchrun("pretrain_llama.py", [*flags, "--save", str(resumed), "--load", str(resumed),
                                          "--metrics-file", str(resumed / "m.jsonl")])
-    assert "resumed from" in out.stdout and "at iteration 3" in out.stdout
+    assert re.search(r"resumed from .* at iteration 3 \(24 samples consumed: books \d+, speeches \d+, code \d+, "
+                     r"math \d+, redundant \d+\)", out.stdout)
     again = [r for r in read_metrics(resumed / "m.jsonl") if r["kind"] == "train"]
     assert [r["iteration"] for r in again] == [4, 5, 6]
     for a, b in zip(again, train[3:]):
@@ -57,14 +85,32 @@ def test_llama_linupper_run_then_exact_resume(fixture_data, tmp_path):
                                          "--global-batch-size", "4"], nproc=1, check=False)
     assert out.returncode != 0 and "data-parallel size 2, this run has 1" in out.stderr + out.stdout
 
+    # A changed blend would repeat or skip data: refused, unless --override-data-blend.
+    changed = list(flags)
+    changed[changed.index("--data-path") + 1] = "0.9"  # the first domain's weight
+    changed += ["--load", str(full), "--save", str(tmp_path / "reblended")]
+    out = torchrun("pretrain_llama.py", changed, check=False)
+    assert out.returncode != 0 and "--override-data-blend" in out.stdout + out.stderr
+    out = torchrun("pretrain_llama.py", [*changed, "--override-data-blend", "--train-iters", "7"])
+    assert "resumed from" in out.stdout and "iteration        7/       7" in out.stdout
 
-def test_gpt_entry_point_tensor_parallel(fixture_data, tmp_path):
-    out = torchrun("pretrain_gpt.py", [*TINY[2:], "--model", "gpt2-mini", *data_flags(fixture_data),
-                                       "--tensor-model-parallel-size", "2", "--train-iters", "3",
-                                       "--reweight-strategy", "linupper", "--metrics-file", str(tmp_path / "m.jsonl")])
+
+def test_gpt_entry_point_tensor_parallel_uniform(fixture_data, tmp_path):
+    out = torchrun("pretrain_gpt.py", [*TINY[2:], "--model", "gpt2-mini", *data_flags(fixture_data, valid=False),
+                                       "--tensor-model-parallel-size", "2", "--train-iters", "3", "--eval-interval", "3", "--split", "80,20,0",
+                                       "--reweight-strategy", "uniform", "--metrics-file", str(tmp_path / "m.jsonl")])
     train = [r for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "train"]
     assert len(train) == 3 and all(_finite(r["lm loss"]) for r in train)
     assert train[-1]["lm loss"] < train[0]["lm loss"] + 0.5
+    # uniform is plain Megatron: no weights, the weighted loss is the lm loss.
+    assert all(r["reweight r"] is None and "ess" not in r and r["weighted loss"] == r["lm loss"] for r in train)
+    lines = console_fields(out.stdout)
+    assert len(lines) == 3 and all(row["r"] == "uniform" and _finite(row["lm loss"]) for row in lines)
+    # Without --valid-data-path the validation sets are each prefix's --split part, one per domain;
+    # books is a single document, all of it in the training part.
+    valid = [r for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "valid"]
+    assert set(valid[-1]["domains"]) == {"speeches", "code", "math", "redundant"}
+    assert "leaves no validation document in" in out.stdout and "no validation set for books" in out.stdout
 
 
 def test_llama_pipeline_parallel_with_distributed_optimizer(fixture_data, tmp_path):
