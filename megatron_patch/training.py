@@ -257,11 +257,12 @@ def train(forward_step, model, optimizer, scheduler, data, args, state, reweight
         if state.iteration % args.log_interval == 0:
             log_interval(interval, scheduler, optimizer, data, args, state, reweight, sink, health, last_group)
             interval = Interval()
-        if data.valid and (state.iteration % args.eval_interval == 0 or state.iteration == args.train_iters):
+        last = state.iteration == args.train_iters
+        if data.valid and args.eval_iters > 0 and (state.iteration % args.eval_interval == 0 or last):
             log_validation(evaluate(forward_step, model, data.valid, args, state), args, state, sink)
         stop = exits.reason(state.iteration)
-        due = args.save_interval and state.iteration % args.save_interval == 0
-        if args.save and (due or stop or state.iteration == args.train_iters):
+        save_due = args.save_interval and state.iteration % args.save_interval == 0
+        if args.save and (save_due or stop or last):
             state.scheduler = scheduler.state_dict()
             state.consumed_per_dataset = consumed_per_dataset(data.train, state.consumed_samples, data.domains)
             checkpointing.save_checkpoint(args.save, model, optimizer, state, log=print_rank0)
