@@ -86,6 +86,7 @@ rw_defaults() {
     : "${MICRO_BATCH_SIZE:=2}"
     : "${TP:=1}"
     : "${PP:=1}"
+    : "${SEQUENCE_PARALLEL:=0}"             # 1: --sequence-parallel (TP > 1, needs Transformer Engine)
     : "${DISTRIBUTED_OPTIMIZER:=1}"
     : "${PRECISION:=bf16}"                  # bf16 | fp16 | fp32
     : "${LR:=3e-4}"
@@ -198,6 +199,7 @@ rw_build_train_args() {
         *) rw_die "PRECISION must be bf16, fp16 or fp32, not '$PRECISION'" ;;
     esac
     [[ $DISTRIBUTED_OPTIMIZER == 1 ]] && RW_TRAIN_ARGS+=(--use-distributed-optimizer)
+    [[ $SEQUENCE_PARALLEL == 1 ]] && RW_TRAIN_ARGS+=(--sequence-parallel)
     if [[ $MOCK_DATA == 1 ]]; then
         RW_TRAIN_ARGS+=(--mock-data)
     elif [[ -n $DATA_PATH ]]; then
@@ -301,7 +303,7 @@ rw_main() {
             --cpus-per-task="${SLURM_CPUS_ON_NODE:-1}" --kill-on-bad-exit=1 --export=ALL
             "${RW_CONTAINER_SRUN_ARGS[@]}" "${extra_srun[@]}" "${node_cmd[@]}")
     else
-        ((NNODES == 1)) || rw_die "NNODES=$NNODES needs Slurm (run through sbatch)"
+        ((NNODES == 1 || PRINT_ONLY == 1)) || rw_die "NNODES=$NNODES needs Slurm (run through sbatch)"
         [[ -z $CONTAINER_IMAGE || ${#RW_CONTAINER_PREFIX[@]} -gt 0 ]] \
             || rw_die "a pyxis CONTAINER_IMAGE needs Slurm (srun); use an apptainer .sif outside Slurm"
         launch=("${node_cmd[@]}")

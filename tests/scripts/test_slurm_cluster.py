@@ -77,5 +77,7 @@ def test_llama_1_4b_sbatch_runs_a_tiny_cpu_job(cluster, tmp_path):
     losses = [float(x) for x in re.findall(r"lm loss:\s*([-+0-9.eEnaNinf]+)", log)]
     assert len(losses) >= 4, log[-6000:]
     assert all(math.isfinite(x) for x in losses), losses
+    assert re.search(r"iteration\s+4/\s*4", log), log[-3000:]
     ckpt = run / "checkpoints"
-    assert ckpt.is_dir() and any(ckpt.iterdir()), log[-3000:]
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "4", log[-3000:]
+    assert (ckpt / "iter_0000004").is_dir() and any((ckpt / "iter_0000004").glob("*.distcp"))

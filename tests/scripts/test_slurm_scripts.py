@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,25 @@ def test_launch_node_inserts_the_node_rank():
                          env=dict(os.environ, SLURM_NODEID="3"), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "'-m', 'torch.distributed.run', '--node_rank=3', 'x'" in res.stdout
+
+
+def dry_run(script: str, **env) -> str:
+    """DRY_RUN=1 of a script's exact configuration (its #SBATCH node count, its layout)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    e.update(DRY_RUN="1", PYTHON=sys.executable, **{k: str(v) for k, v in env.items()})
+    res = subprocess.run(["bash", str(SLURM_DIR / f"{script}.sbatch")], env=e, capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+@pytest.mark.parametrize("script,paper_params,dp", [("llama-1.4b", 1.364e9, 64), ("llama-7b", 6.738e9, 32)])
+def test_dry_run_of_the_llama_scripts_fits_80gb(script, paper_params, dp):
+    out = dry_run(script)
+    n = int(re.search(r"^parameters: ([\d,]+)", out, re.M).group(1).replace(",", ""))
+    assert abs(n - paper_params) / paper_params < 0.02, n
+    assert re.search(rf"^layout: TP=\d PP=1 CP=1 DP={dp}, 1 micro-batch", out, re.M), out[-800:]
+    assert re.search(r"^reweighting group: 128 samples", out, re.M)  # the paper's group
+    assert re.search(r"^tokens per step: 524,288", out, re.M)
+    total = float(re.search(r"^memory per GPU \(estimate, GiB\):.* = ([\d.]+)$", out, re.M).group(1))
+    assert total * 1024**3 < 80e9 * 0.9, total  # with >= 10% left for CUDA context, NCCL, fragmentation
