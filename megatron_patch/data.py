@@ -213,7 +213,10 @@ def batch_iterator(dataset, *, consumed_samples: int, micro_batch_size: int, dp_
     """An iterator over this DP rank's micro-batches (dicts of ``[b, ...]`` tensors)."""
     batches = DataParallelBatches(len(dataset), consumed_samples=consumed_samples, micro_batch_size=micro_batch_size,
                                   dp_rank=dp_rank, dp_size=dp_size, wrap=wrap)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate)
+    # A private generator: a DataLoader iterator draws a seed when it starts, which must not move the
+    # global RNG that dropout uses (a resumed run starts its iterator at another point of that stream).
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
+                                         generator=torch.Generator())
     return iter(loader)
 
 

@@ -95,22 +95,35 @@ def test_llama_linupper_run_then_exact_resume(fixture_data, tmp_path):
     assert "resumed from" in out.stdout and "iteration        7/       7" in out.stdout
 
 
-def test_gpt_entry_point_tensor_parallel_uniform(fixture_data, tmp_path):
-    out = torchrun("pretrain_gpt.py", [*TINY[2:], "--model", "gpt2-mini", *data_flags(fixture_data, valid=False),
-                                       "--tensor-model-parallel-size", "2", "--train-iters", "3", "--eval-interval", "3", "--split", "80,20,0",
-                                       "--reweight-strategy", "uniform", "--metrics-file", str(tmp_path / "m.jsonl")])
-    train = [r for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "train"]
-    assert len(train) == 3 and all(_finite(r["lm loss"]) for r in train)
-    assert train[-1]["lm loss"] < train[0]["lm loss"] + 0.5
+def test_gpt_tensor_parallel_uniform_with_dropout_resumes_exactly(fixture_data, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    flags = [*TINY[2:], "--model", "gpt2-mini", *data_flags(fixture_data, valid=False), "--split", "80,20,0",
+             "--tensor-model-parallel-size", "2", "--train-iters", "4", "--save-interval", "2",
+             "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--reweight-strategy", "uniform"]
+    out = torchrun("pretrain_gpt.py", [*flags, "--save", str(full), "--metrics-file", str(full / "m.jsonl")])
+    records = read_metrics(full / "m.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 4 and all(_finite(r["lm loss"]) for r in train)
     # uniform is plain Megatron: no weights, the weighted loss is the lm loss.
     assert all(r["reweight r"] is None and "ess" not in r and r["weighted loss"] == r["lm loss"] for r in train)
     lines = console_fields(out.stdout)
-    assert len(lines) == 3 and all(row["r"] == "uniform" and _finite(row["lm loss"]) for row in lines)
+    assert len(lines) == 4 and all(row["r"] == "uniform" and _finite(row["lm loss"]) for row in lines)
     # Without --valid-data-path the validation sets are each prefix's --split part, one per domain;
     # books is a single document, all of it in the training part.
-    valid = [r for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "valid"]
+    valid = [r for r in records if r["kind"] == "valid"]
     assert set(valid[-1]["domains"]) == {"speeches", "code", "math", "redundant"}
     assert "leaves no validation document in" in out.stdout and "no validation set for books" in out.stdout
+
+    # Dropout under TP draws from the RNG tracker and the default generator: both are restored.
+    resumed.mkdir()
+    shutil.copytree(full / "iter_0000002", resumed / "iter_0000002")
+    (resumed / "latest_checkpointed_iteration.txt").write_text("2")
+    torchrun("pretrain_gpt.py", [*flags, "--save", str(resumed), "--load", str(resumed),
+                                 "--metrics-file", str(resumed / "m.jsonl")])
+    again = read_metrics(resumed / "m.jsonl")
+    assert [(r["lm loss"], r["grad_norm"]) for r in again if r["kind"] == "train"] == [
+        (r["lm loss"], r["grad_norm"]) for r in train[2:]]
+    assert [r for r in again if r["kind"] == "valid"][-1]["domains"] == valid[-1]["domains"]
 
 
 def test_llama_pipeline_parallel_with_distributed_optimizer(fixture_data, tmp_path):
