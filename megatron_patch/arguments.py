@@ -20,6 +20,17 @@ class ArgumentError(ValueError):
     """A bad flag value or combination; the message names the flag and what to change."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own complaints (a bad choice, a value that is not a number) as one-line errors.
+
+    Stock argparse prints the usage and exits; raising instead lets the entry points print every
+    flag error the same way, as one line with exit status 2.
+    """
+
+    def error(self, message):
+        raise ArgumentError(message)
+
+
 # Upstream flags that only select kernels, fusions, overlap, fp8 recipes or I/O modes on GPUs:
 # accepted so that Megatron-LM launch scripts run unchanged, and logged once as "has no effect here".
 # Flags that change the math (--apply-layernorm-1p, --cross-entropy-loss-fusion, ...) are real
@@ -33,7 +44,7 @@ NO_EFFECT_FLAGS = (
     "--no-async-tensor-model-parallel-allreduce", "--tp-comm-overlap", "--manual-gc", "--fp8-param-gather",
     "--no-create-attention-mask-in-dataloader", "--no-mmap-bin-files",
 )
-NO_EFFECT_VALUED_FLAGS = ("--transformer-impl", "--fp8-format", "--fp8-recipe", "--fp8-margin", "--fp8-interval",
+NO_EFFECT_VALUED_FLAGS = ("--fp8-format", "--fp8-recipe", "--fp8-margin", "--fp8-interval",
                           "--fp8-amax-history-len", "--fp8-amax-compute-algo", "--attention-backend",
                           "--distributed-timeout-minutes", "--manual-gc-interval", "--empty-unused-memory-level")
 
@@ -50,6 +61,10 @@ UNSUPPORTED_HINTS = {
     "--fp16-lm-cross-entropy": "the cross entropy is computed in fp32 here; drop the flag",
     "--grad-reduce-in-bf16": "gradients are reduced in fp32 here; drop the flag",
     "--decoupled-lr": "one learning rate for all parameters here; drop the flag",
+    "--recompute-method": "activation recomputation is not supported; lower --micro-batch-size or raise TP/PP",
+    "--recompute-num-layers": "activation recomputation is not supported; lower --micro-batch-size or raise TP/PP",
+    "--finetune": "not supported yet: the loop always resumes the checkpoint's iteration; load weights with "
+                  "--load DIR --no-load-optim --no-load-rng",
     "--num-experts": "mixture-of-experts models are not supported",
 }
 
@@ -78,8 +93,8 @@ def _model_args(p):
     g.add_argument("--position-embedding-type", choices=("learned_absolute", "rope"), default=None)
     g.add_argument("--no-position-embedding", action="store_true",
                    help="Megatron-LM's older spelling of 'no learned positions'; valid with rope only")
-    g.add_argument("--rotary-base", type=int, default=10000)
-    g.add_argument("--rotary-percent", type=float, default=1.0)
+    g.add_argument("--rotary-base", type=int, default=None)
+    g.add_argument("--rotary-percent", type=float, default=None)
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None)
     g.add_argument("--disable-bias-linear", action="store_true", default=None)
     g.add_argument("--apply-layernorm-1p", action="store_true",
@@ -88,6 +103,8 @@ def _model_args(p):
                    help="fused cross entropy (still per token; checked at start-up)")
     g.add_argument("--cross-entropy-fusion-impl", choices=("native", "te"), default="native")
     g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--transformer-impl", choices=("transformer_engine", "local"), default="transformer_engine",
+                   help="layer spec: Transformer Engine's when it imports (else megatron-core's local one), or local")
     g.add_argument("--hidden-dropout", type=float, default=None)
     g.add_argument("--attention-dropout", type=float, default=None)
 
@@ -167,7 +184,7 @@ def _io_args(p):
 
 
 def build_parser(family: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=f"pretrain_{family}.py", allow_abbrev=False,
         description="megatron-core pretraining with online loss-based sample reweighting",
     )
@@ -293,6 +310,11 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
         if args.lr_decay_iters is not None:
             args.lr_warmup_iters = args.lr_warmup_fraction * args.lr_decay_iters
     _require(args.min_lr <= args.lr, f"--min-lr {args.min_lr} is above --lr {args.lr}")
+    split = split_fractions(args.split)
+    # The training part of each prefix comes from --split unless --valid-data-path supplies the
+    # validation sets; an empty training part would leave megatron-core's sampler looping forever.
+    _require(split[0] > 0 or args.mock_data or args.valid_data_path,
+             f"--split {args.split} gives no training part; put a positive first number (e.g. 969,30,1)")
     for flag in ("log_interval", "eval_interval"):
         _require(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")
     if args.save_interval is not None:
@@ -321,6 +343,19 @@ def _check_writable(path: str) -> None:
         probe = parent
     _require(os.path.isdir(probe) and os.access(probe, os.W_OK),
              f"--save {path}: {probe} is not a writable directory; choose a directory you can write")
+
+
+def split_fractions(split: str) -> list[float]:
+    """``--split "969,30,1"`` -> train/valid/test fractions; missing parts are 0, as upstream."""
+    parts = split.replace("/", ",").split(",")
+    try:
+        numbers = [float(x) for x in parts]
+    except ValueError:
+        numbers = []
+    _require(1 <= len(numbers) <= 3 and all(x >= 0 for x in numbers) and sum(numbers) > 0,
+             f"--split {split!r}: expected up to three non-negative numbers, not all 0, such as 969,30,1")
+    numbers += [0.0] * (3 - len(numbers))
+    return [x / sum(numbers) for x in numbers]
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:

@@ -9,6 +9,8 @@ half** (only the lower triangle is useful work).
 import argparse
 import dataclasses
 
+from .arguments import ArgumentError
+
 # Dense bf16 peak of one GPU, TFLOP/s (vendor data sheets, without sparsity).
 PEAK_TFLOPS = {"h100-sxm": 989.0, "h100-pcie": 756.0, "h200": 989.0, "a100": 312.0}
 
@@ -73,8 +75,15 @@ def mfu(tokens_per_s_per_gpu: float, args: argparse.Namespace, peak_tflops: floa
     return tokens_per_s_per_gpu * flops_per_token(args) / (peak_tflops * 1e12)
 
 
+def tokens_per_step(args: argparse.Namespace) -> int:
+    """Tokens of one optimizer step: the global batch of full sequences."""
+    return args.global_batch_size * args.seq_length
+
+
 @dataclasses.dataclass
 class MemoryEstimate:
+    """Estimated peak memory of one GPU, in GiB, by kind."""
+
     weights_gib: float
     grads_gib: float
     optimizer_gib: float
@@ -85,38 +94,84 @@ class MemoryEstimate:
         return self.weights_gib + self.grads_gib + self.optimizer_gib + self.activations_gib
 
 
-def memory_per_gpu(args: argparse.Namespace) -> MemoryEstimate:
-    """Estimated peak memory of the busiest GPU (first pipeline stage), no recomputation.
+def layer_activation_bytes(args: argparse.Namespace) -> float:
+    """Bytes one transformer layer keeps for the backward, per micro-batch (no recomputation).
 
-    States: weights in the training dtype (2 bytes in bf16/fp16, else 4), fp32 gradient buffers
-    (4 bytes), Adam's fp32 master weights, m and v (12 bytes), divided over DP with the
-    distributed optimizer. Activations (Korthikanti et al. 2022): per layer and micro-batch
-    ``s*b*h*(10 + 24/t)`` bytes (``34/t`` with sequence parallel), assuming flash/fused attention
-    as Transformer Engine runs it on the cluster (the unfused ``5*a*s^2*b/t`` bytes of attention
-    scores are not stored); the first stage of a 1F1B pipeline holds ``min(pp, micro-batches)``
-    micro-batches; plus the fp32 logits and their gradient.
+    Korthikanti et al. (2022)'s accounting with this model's widths. Per token: the inputs of the two
+    norms and of the two matmuls after them, ``4h`` values (divided by TP with sequence parallelism,
+    else replicated); Q, K, V and the attention output ``q + kv + q`` (flash attention keeps these,
+    not the scores); the MLP input projection's output ``g*f`` (``g`` = 2 with SwiGLU) and the
+    activation's output ``f``, all divided by TP; one byte per value of each of the two
+    dropout-after-residual masks when ``--hidden-dropout`` > 0. For a GELU 4h MLP, full multi-head
+    attention and dropout this is the paper's ``s*b*h*(10 + 24/t)`` bytes (``34/t`` with sequence
+    parallel). With ``--transformer-impl local`` attention is unfused and also keeps the softmax
+    output per head, ``a*s*s`` values per sequence, plus a mask and the dropped copy when
+    ``--attention-dropout`` > 0.
+    """
+    tp = args.tensor_model_parallel_size
+    value = 2 if (args.bf16 or args.fp16) else 4  # bytes of one activation value
+    h, heads, seq = args.hidden_size, args.num_attention_heads, args.seq_length
+    q_width, kv_width, fc1_width = _layer_widths(args)
+    ffn = args.ffn_hidden_size or 4 * h
+    replicated = value * 4 * h + (2 * h if args.hidden_dropout else 0)
+    split = value * (2 * q_width + kv_width + fc1_width + ffn)
+    per_token = replicated / tp if args.sequence_parallel else replicated
+    per_token += split / tp
+    if args.transformer_impl == "local":
+        per_token += heads * seq * (value + ((1 + value) if args.attention_dropout else 0)) / tp
+    return args.seq_length * args.micro_batch_size * per_token
+
+
+def memory_per_gpu(args: argparse.Namespace) -> MemoryEstimate:
+    """Estimated peak memory of the busiest GPU (first or last pipeline stage), no recomputation.
+
+    States per parameter of the stage's TP shard: weights in the training dtype (2 bytes in
+    bf16/fp16, else 4); gradient buffers in fp32 (4); Adam's fp32 master weights, m and v (12 bytes
+    in bf16/fp16; m and v, 8, in fp32), divided over DP with ``--use-distributed-optimizer``.
+    Activations: :func:`layer_activation_bytes` per layer and micro-batch; the first stage of a
+    1F1B pipeline holds ``min(pp, micro-batches)`` micro-batches, the last one. The last stage also
+    holds the logits in fp32 and their softmax for the cross entropy, 8 bytes per value of
+    ``[s, b, vocab/tp]``. The first stage holds the input embedding (and learned positions), the last
+    the output layer (a copy of the embedding when tied, as megatron-core keeps it). Allocator
+    fragmentation, communication buffers and the CUDA context (a few GiB) are not included.
     """
     tp, pp, dp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.data_parallel_size
     low_precision = args.bf16 or args.fp16
-    layers_per_stage = args.num_layers // pp
-    params = (layers_per_stage * layer_params(args) + embedding_params(args)) / tp
-    gib = 1024**3
-    weights = params * (2 if low_precision else 4)
-    grads = params * 4
-    optimizer = params * (12 if low_precision else 8) / (dp if args.use_distributed_optimizer else 1)
-    s, b, h = args.seq_length, args.micro_batch_size, args.hidden_size
-    per_layer = s * b * h * ((34 / tp) if args.sequence_parallel else (10 + 24 / tp))
-    in_flight = min(pp, args.num_microbatches) if pp > 1 else 1
-    logits = 2 * 4 * s * b * args.padded_vocab_size / tp
-    activations = per_layer * layers_per_stage * in_flight + logits
-    return MemoryEstimate(weights / gib, grads / gib, optimizer / gib, activations / gib)
+    layers = args.num_layers // pp
+    vocab_rows = args.padded_vocab_size * args.hidden_size
+    input_embedding = vocab_rows + (args.max_position_embeddings * args.hidden_size
+                                    if args.position_embedding_type == "learned_absolute" else 0)
+    final_norm = args.hidden_size * (2 if args.normalization == "LayerNorm" else 1)
+    first_params = layers * layer_params(args) + input_embedding
+    last_params = layers * layer_params(args) + vocab_rows + final_norm
+    if pp == 1:
+        first_params = last_params = parameter_count(args)
+    logits = 8 * args.seq_length * args.micro_batch_size * args.padded_vocab_size / tp
+    first_activations = layer_activation_bytes(args) * layers * min(pp, args.num_microbatches)
+    last_activations = layer_activation_bytes(args) * layers + logits
+    if pp == 1:
+        first_activations = last_activations
+    stages = []
+    for params, activations in ((first_params, first_activations), (last_params, last_activations)):
+        shard = params / tp
+        optimizer = shard * (12 if low_precision else 8) / (dp if args.use_distributed_optimizer else 1)
+        stages.append(MemoryEstimate(*(x / 1024**3 for x in (
+            shard * (2 if low_precision else 4), shard * 4, optimizer, activations))))
+    return max(stages, key=lambda m: m.total_gib)
 
 
 def dry_run_report(args: argparse.Namespace) -> str:
-    """What ``--dry-run`` prints after the resolved arguments."""
+    """What ``--dry-run`` prints after the resolved arguments (``args`` as :func:`validate_args` left them).
+
+    Raises:
+        ArgumentError: the vocabulary is unknown (no ``--vocab-size`` and no preset that sets it).
+    """
+    if getattr(args, "padded_vocab_size", None) is None:
+        raise ArgumentError("--dry-run needs the vocabulary size; pass --vocab-size (the tokenizer's) "
+                            "or a --model preset that sets it")
     n = parameter_count(args)
     mem = memory_per_gpu(args)
-    tokens = args.global_batch_size * args.seq_length
+    tokens = tokens_per_step(args)
     lines = [
         f"parameters: {n:,} ({n / 1e9:.3f}B)",
         f"layout: TP={args.tensor_model_parallel_size} PP={args.pipeline_model_parallel_size} "

@@ -1,8 +1,8 @@
 """GPTModel providers: megatron-core's ``GPTModel`` built from the resolved flags.
 
 The layer spec is Transformer Engine's when ``transformer_engine`` imports (the Docker image,
-GPU nodes), megatron-core's local one otherwise (CPU, CI): the math is the same, the kernels
-differ. Llama: RMSNorm, SwiGLU, RoPE, no biases, untied embeddings, GQA when set. GPT-2:
+GPU nodes) and ``--transformer-impl`` is ``transformer_engine`` (the default), megatron-core's
+local one otherwise (CPU, CI): the math is the same, the kernels differ. Llama: RMSNorm, SwiGLU, RoPE, no biases, untied embeddings, GQA when set. GPT-2:
 LayerNorm, GELU, learned positions, tied embeddings.
 
 :func:`check_per_token_loss_path` refuses, at start-up and with reweighting on, a built model whose
@@ -82,11 +82,13 @@ def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
 def layer_spec(args: argparse.Namespace):
     """Transformer Engine's layer spec when it imports, megatron-core's local one otherwise.
 
-    The local spec's norm is plain torch's (without apex), which has no zero-centred weights and no
+    ``--transformer-impl local`` asks for the local spec even where Transformer Engine imports
+    (upstream's meaning: same math, unfused attention and megatron-core's own kernels). The local
+    spec's norm is plain torch's (without apex), which has no zero-centred weights and no
     sequence parallelism: those flags are refused here, by name, rather than by an assertion deep
     inside megatron-core on every rank.
     """
-    if transformer_engine_available():
+    if args.transformer_impl == "transformer_engine" and transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec(normalization=args.normalization)
     if spec.submodules.input_layernorm is WrappedTorchNorm:
