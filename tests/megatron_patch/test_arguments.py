@@ -17,6 +17,7 @@ from megatron_patch.arguments import (
     no_effect_flags_given,
     padded_vocab_size,
     parse_args,
+    split_fractions,
     validate_args,
 )
 from megatron_patch.estimate import parameter_count
@@ -104,7 +105,11 @@ def test_llama3_style_upstream_arguments():
     (["--vocab-file", "gpt2-vocab.json", "--merge-file", "gpt2-merges.txt"], ["--vocab-file", "--merge-file"]),
     (["--rampup-batch-size", "16", "16", "5859375"], ["--rampup-batch-size"]),
     (["--recompute-granularity=full"], ["--recompute-granularity"]),
+    (["--finetune"], ["--finetune", "--no-load-optim"]),
     (["--not-a-megatron-flag"], ["--not-a-megatron-flag"]),
+    # argparse's own complaints are one-line ArgumentErrors too, never a usage dump and exit.
+    (["--lr-decay-style", "inverse-square-root"], ["--lr-decay-style"]),
+    (["--num-layers", "two"], ["--num-layers"]),
 ])
 def test_unsupported_upstream_flags_are_errors_naming_them(flags, named):
     with pytest.raises(ArgumentError) as err:
@@ -146,12 +151,32 @@ def test_upstream_defaults_for_omitted_shape_flags():
     (["--bf16", "--fp16"], "--bf16"),
     (["--min-lr", "1.0"], "--min-lr"),
     (["--save-interval", "10"], "--save"),
+    (["--split", "0,99,1", "--mock-data"], None),  # mock data ignores --split: fine
+    (["--split", "a,b"], "--split"),
+    (["--split", "1,1,1,1"], "--split"),
+    (["--split", "0,0,0"], "--split"),
 ])
 def test_bad_flags_are_one_line_errors_naming_the_flag(argv, flag):
+    argv = ["--model", "gpt2-mini", "--mock-data", "--train-iters", "1", "--micro-batch-size", "2", *argv]
+    if flag is None:
+        resolve(argv, world_size=12)
+        return
     with pytest.raises(ArgumentError) as err:
-        resolve(["--model", "gpt2-mini", "--mock-data", "--train-iters", "1", "--micro-batch-size", "2", *argv],
-                world_size=12)
+        resolve(argv, world_size=12)
     assert flag in str(err.value) and "\n" not in str(err.value)
+
+
+def test_split_without_a_training_part_is_refused_for_real_data(tmp_path):
+    with pytest.raises(ArgumentError, match="--split 0,99,1 gives no training part"):
+        resolve(["--model", "tiny", "--dry-run", "--data-path", str(tmp_path / "x"), "--split", "0,99,1"])
+    # With separate validation sets all of --data-path trains, whatever --split says.
+    resolve(["--model", "tiny", "--dry-run", "--data-path", "p", "--valid-data-path", "v", "--split", "0,1,0"])
+
+
+def test_split_fractions_as_megatron_core_reads_them():
+    assert split_fractions("969,30,1") == pytest.approx([0.969, 0.030, 0.001])
+    assert split_fractions("99, 1") == pytest.approx([0.99, 0.01, 0.0])  # missing parts are 0
+    assert split_fractions("90/5/5") == pytest.approx([0.9, 0.05, 0.05])
 
 
 # The paper's shapes (PAPER.md): layers, hidden, heads, ffn, vocabulary, sequence, parameters.
@@ -171,8 +196,12 @@ def test_presets_are_the_papers_shapes(preset, shape, params):
 
 def test_explicit_flags_override_the_preset():
     args = resolve(["--model", "llama-7b", "--num-layers", "2", "--seq-length", "128", "--mock-data",
-                    "--train-iters", "1"], family="llama")
-    assert (args.num_layers, args.seq_length, args.hidden_size) == (2, 128, 4096)
+                    "--train-iters", "1", "--rotary-base", "500000"], family="llama")
+    assert (args.num_layers, args.seq_length, args.hidden_size, args.rotary_base) == (2, 128, 4096, 500000)
+    args = resolve(["--model", "llama-7b", "--mock-data", "--train-iters", "1"], family="gpt")
+    # The preset beats the family: pretrain_gpt.py --model llama-7b is the Llama layout.
+    assert (args.normalization, args.swiglu, args.rotary_base, args.rotary_percent) == ("RMSNorm", True, 10000, 1.0)
+    assert args.untie_embeddings_and_output_weights and args.disable_bias_linear and args.hidden_dropout == 0.0
 
 
 def test_padded_vocab_size():
@@ -185,3 +214,18 @@ def test_every_flag_is_documented():
     documented = set(re.findall(r"--[a-z0-9][a-z0-9-]*", (ROOT / "docs" / "flags.md").read_text()))
     flags = {flag for action in build_parser("gpt")._actions for flag in action.option_strings} - {"-h", "--help"}
     assert flags - documented == set()
+
+
+@pytest.mark.parametrize("argv, world_size, expected", [
+    (GPT3_ARGS, 8 * 16 * 8, gpt3_closed_form(96, 12288, 51200, 2048)),
+    (LLAMA3_ARGS, 8, llama_closed_form(32, 4096, 32, 8, 128, 14336, 128256)),
+])
+def test_upstream_argument_lists_through_the_entry_point_dry_run(argv, world_size, expected, capsys, monkeypatch,
+                                                                 tmp_path):
+    # What a user sees: `WORLD_SIZE=N python pretrain_gpt.py <upstream flags> --dry-run`.
+    import pretrain_gpt
+
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    pretrain_gpt.main([*argv, "--save", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert f"parameters: {expected:,} " in out

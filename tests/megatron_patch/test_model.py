@@ -150,3 +150,15 @@ def test_norm_flags_the_torch_norm_cannot_do_are_refused(flags):
         pytest.skip("Transformer Engine's norms support zero-centred weights and sequence parallelism")
     with pytest.raises(ArgumentError, match=f"{flags[-1]} needs Transformer Engine's or apex's norms"):
         layer_spec(_args("llama", flags, world_size=2))
+
+
+def test_transformer_impl_selects_the_layer_spec(monkeypatch):
+    # Pretend Transformer Engine imports: its spec is used unless --transformer-impl local asks otherwise.
+    import megatron_patch.model as model_module
+
+    te_spec = object()
+    monkeypatch.setattr(model_module, "transformer_engine_available", lambda: True)
+    monkeypatch.setattr(model_module, "get_gpt_layer_with_transformer_engine_spec", lambda: te_spec)
+    assert layer_spec(_args("llama", [])) is te_spec
+    local = layer_spec(_args("llama", ["--transformer-impl", "local"]))
+    assert local is not te_spec and local.submodules.input_layernorm is not None
