@@ -11,7 +11,8 @@ import dataclasses
 
 from .arguments import ArgumentError
 
-# Dense bf16 peak of one GPU, TFLOP/s (vendor data sheets, without sparsity).
+# Dense bf16/fp16 tensor-core peak of one GPU, TFLOP/s (vendor data sheets, without sparsity):
+# H100 SXM5 and H200 SXM 989.4, H100 PCIe 756, A100 312.
 PEAK_TFLOPS = {"h100-sxm": 989.0, "h100-pcie": 756.0, "h200": 989.0, "a100": 312.0}
 
 
@@ -71,7 +72,12 @@ def flops_per_token(args: argparse.Namespace) -> float:
 
 
 def mfu(tokens_per_s_per_gpu: float, args: argparse.Namespace, peak_tflops: float) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s over the peak."""
+    """Model FLOPs utilisation: ``tokens/s per GPU x flops_per_token / peak FLOP/s``, in [0, 1].
+
+    Model FLOPs, not hardware FLOPs: recomputation, padding and the loss's own work are not
+    credited, so the figure compares across implementations. ``peak_tflops``: the GPU's dense
+    peak in the training precision, e.g. ``PEAK_TFLOPS["h100-sxm"]``.
+    """
     return tokens_per_s_per_gpu * flops_per_token(args) / (peak_tflops * 1e12)
 
 
