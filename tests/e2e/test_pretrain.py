@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 
-from conftest import TINY, data_flags, read_metrics, torchrun
+from e2e_support import TINY, data_flags, read_metrics, torchrun
 
 
 def _finite(x) -> bool:

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from conftest import ROOT, _free_port, kill_tree, read_metrics, torchrun
+from e2e_support import ROOT, _free_port, kill_tree, read_metrics, torchrun
 
 MOCK = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "512",
         "--seq-length", "64", "--max-position-embeddings", "64", "--micro-batch-size", "2", "--global-batch-size", "4",
