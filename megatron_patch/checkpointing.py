@@ -7,8 +7,11 @@ Layout under ``--save``::
     iter_0000100/rng/rank_00003.pt     each rank's RNG states
     latest_checkpointed_iteration.txt  written last, atomically, after every rank finished
 
-A checkpoint interrupted while being written never becomes the latest: the marker still names
-the previous one, and the half-written directory is removed when that iteration is saved again.
+Every rank writes into ``iter_0000100.partial/``; once all have finished, rank 0 renames it to
+``iter_0000100/`` and then rewrites the marker. A save killed half way therefore leaves only a
+``.partial`` directory (ignored at load, removed by the next save), and the marker still names the
+previous checkpoint; a save killed between the rename and the marker leaves a complete directory
+that the marker does not name yet (replaced when that iteration is saved again).
 """
 
 import dataclasses
@@ -23,6 +26,7 @@ from megatron.core import dist_checkpointing
 from .arguments import ArgumentError
 
 MARKER = "latest_checkpointed_iteration.txt"
+PARTIAL = ".partial"  # suffix of a checkpoint directory still being written
 FORMAT_TAG = "megatron-reweighting-v1"
 
 
@@ -48,7 +52,8 @@ def read_marker(root: str) -> int | None:
     """The latest complete iteration under ``root``; None when there is no checkpoint yet."""
     path = os.path.join(root, MARKER)
     if not os.path.exists(path):
-        if os.path.isdir(root) and any(name.startswith("iter_") for name in os.listdir(root)):
+        if os.path.isdir(root) and any(name.startswith("iter_") and not name.endswith(PARTIAL)
+                                       for name in os.listdir(root)):
             raise ArgumentError(
                 f"--load {root}: has iter_* directories but no {MARKER} (an interrupted first save, or not "
                 "a checkpoint of this project); remove them or point --load elsewhere"
@@ -56,8 +61,47 @@ def read_marker(root: str) -> int | None:
         return None
     text = open(path).read().strip()
     if not text.isdigit():
-        raise ArgumentError(f"--load {root}: {MARKER} holds {text!r}, not an iteration; is this a checkpoint of this project?")
-    return int(text)
+        raise ArgumentError(f"--load {root}: {MARKER} holds {text[:40]!r}, not an iteration; is this a checkpoint "
+                            "of this project? Point --load elsewhere")
+    iteration = int(text)
+    if not os.path.isdir(checkpoint_dir(root, iteration)):
+        raise ArgumentError(f"--load {root}: {MARKER} names iteration {iteration} but {checkpoint_dir(root, iteration)} "
+                            f"is missing; write the iteration of an existing iter_* directory into {MARKER}")
+    return iteration
+
+
+def check_load_dir(load: str, save: str | None) -> None:
+    """Refuse, before any process group starts, a ``--load`` that holds nothing to resume from.
+
+    A directory without a checkpoint is a fresh start only when it is also ``--save`` (the first
+    attempt of a job that saves and resumes in one place, as the sbatch scripts do); a different
+    directory without one is a wrong path, and starting from scratch would hide that.
+    """
+    iteration = read_marker(load)
+    if iteration is None:
+        if save is None or os.path.abspath(load) != os.path.abspath(save):
+            raise ArgumentError(f"--load {load}: no checkpoint there (no {MARKER}); point --load at a checkpoint "
+                                "directory, or pass the same directory as --save to start fresh in it")
+        return
+    _read_common(load, checkpoint_dir(load, iteration))
+
+
+def _one_line(err: Exception) -> str:
+    """An exception as one short line (error messages stay one line whatever a library raised)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+
+
+def _read_common(root: str, path: str) -> dict:
+    """The common (non-sharded) state of checkpoint ``path``, refused unless it carries our format tag."""
+    try:
+        common = dist_checkpointing.load_common_state_dict(path)
+    except Exception as err:  # noqa: BLE001 - no readable common state: not ours, or damaged
+        raise ArgumentError(f"--load {root}: {path} is not a readable checkpoint of this project "
+                            f"({_one_line(err)}); point --load elsewhere") from err
+    if not isinstance(common, dict) or common.get("format") != FORMAT_TAG:
+        raise ArgumentError(f"--load {root}: {path} is not a checkpoint of this project (no {FORMAT_TAG!r} tag); "
+                            "point --load elsewhere")
+    return common
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -99,24 +143,29 @@ def _sharded_state(model, optimizer, is_loading: bool) -> dict:
 
 
 def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) -> None:
-    """Save on every rank; the marker is written by rank 0 after all ranks finished."""
+    """Save on every rank into ``iter_N.partial``; rank 0 renames it and writes the marker after all finished."""
     rank = torch.distributed.get_rank()
     path = checkpoint_dir(root, state.iteration)
+    partial = path + PARTIAL
     if rank == 0:
         os.makedirs(root, exist_ok=True)
-        if os.path.exists(path):  # an earlier, interrupted save of this iteration
-            shutil.rmtree(path)
-        os.makedirs(path)
+        for name in os.listdir(root):  # left by killed saves; each may be as large as a checkpoint
+            if name.startswith("iter_") and name.endswith(PARTIAL):
+                shutil.rmtree(os.path.join(root, name))
+        os.makedirs(partial)
     torch.distributed.barrier()
     log(f"saving checkpoint at iteration {state.iteration} to {path}")
     sharded = _sharded_state(model, optimizer, is_loading=False)
     sharded["loop"] = dataclasses.asdict(state)
     sharded["format"] = FORMAT_TAG
-    dist_checkpointing.save(sharded, path)
-    os.makedirs(os.path.join(path, "rng"), exist_ok=True)
-    torch.save(_rng_state(), os.path.join(path, "rng", f"rank_{rank:05d}.pt"))
+    dist_checkpointing.save(sharded, partial)
+    os.makedirs(os.path.join(partial, "rng"), exist_ok=True)
+    torch.save(_rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
     torch.distributed.barrier()
     if rank == 0:
+        if os.path.exists(path):  # complete but never marked (killed before the marker), or damaged
+            shutil.rmtree(path)
+        os.rename(partial, path)
         _write_atomically(os.path.join(root, MARKER), str(state.iteration))
     torch.distributed.barrier()
     log(f"saved checkpoint at iteration {state.iteration}")
@@ -137,23 +186,14 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
     if iteration is None:
         return None
     path = checkpoint_dir(root, iteration)
-    if not os.path.isdir(path):
-        raise ArgumentError(f"--load {root}: {MARKER} names iteration {iteration} but {path} is missing")
-    try:
-        common = dist_checkpointing.load_common_state_dict(path)
-    except Exception as err:  # noqa: BLE001 - no readable common state: not ours, or damaged
-        raise ArgumentError(f"--load {root}: {path} is not a readable checkpoint of this project "
-                            f"({type(err).__name__}: {err}); point --load elsewhere") from err
-    if not isinstance(common, dict) or common.get("format") != FORMAT_TAG:
-        raise ArgumentError(f"--load {root}: {path} is not a checkpoint of this project (no {FORMAT_TAG!r} tag); "
-                            "point --load elsewhere")
+    common = _read_common(root, path)
     sharded = _sharded_state(model, optimizer, is_loading=True)
     if not load_optim:
         sharded.pop("optimizer")
     try:
         loaded = dist_checkpointing.load(sharded, path)
     except Exception as err:  # noqa: BLE001 - any read failure is a damaged checkpoint to the user
-        raise ArgumentError(f"--load {root}: {path} cannot be read ({type(err).__name__}: {err}); remove it and "
+        raise ArgumentError(f"--load {root}: {path} cannot be read ({_one_line(err)}); remove it and "
                             f"write the previous iteration into {MARKER}, or point --load elsewhere") from err
     model.module.load_state_dict(loaded["model"])
     if load_optim:

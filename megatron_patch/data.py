@@ -12,12 +12,14 @@ fairly.
 import dataclasses
 import os
 import re
+import struct
 
 import numpy as np
 import torch
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.indexed_dataset import DType
 
 from .arguments import ArgumentError, parse_data_path
 from .distributed import print_rank0
@@ -64,24 +66,60 @@ def domain_name(prefix: str) -> str:
     return re.sub(r"_(train|valid|validation|test)$", "", name)
 
 
-def check_prefixes(prefixes: list[str], flag: str) -> None:
-    """Fail early, naming the flag, when a prefix lacks its ``.bin``/``.idx`` or they disagree."""
-    for prefix in prefixes:
-        for ext in (".idx", ".bin"):
-            if not os.path.isfile(prefix + ext):
-                raise ArgumentError(f"{flag}: {prefix}{ext} does not exist; build it with tools/preprocess_data.py")
-        try:
-            from megatron.core.datasets.indexed_dataset import IndexedDataset
+# Megatron's .idx layout: magic, version (8 bytes), token dtype code (1), sequence count (8),
+# document count (8), then int32 lengths, int64 byte pointers and int64 document indices.
+_IDX_MAGIC = b"MMIDIDX\x00\x00"
+_IDX_HEADER = struct.Struct("<9sQBQQ")
 
-            dataset = IndexedDataset(prefix)
-            expected = int(dataset.sequence_lengths.sum()) * dataset.index.dtype_size
-            actual = os.path.getsize(prefix + ".bin")
-        except Exception as err:  # noqa: BLE001 - any read failure is a corrupt index to the user
-            raise ArgumentError(f"{flag}: {prefix}.idx is corrupt or truncated ({err}); rebuild it") from None
-        if actual < expected:
-            raise ArgumentError(
-                f"{flag}: {prefix}.bin is truncated ({actual} bytes, its index needs {expected}); rebuild it"
-            )
+
+def check_prefix(prefix: str, flag: str) -> None:
+    """Fail early, naming the flag, when ``prefix.idx``/``.bin`` are missing, corrupt or do not match.
+
+    Reads the index header and its last entries only (constant time, any dataset size), and never
+    through megatron-core's reader, whose errors on a bad file are a traceback plus noise.
+    """
+    for ext in (".idx", ".bin"):
+        if not os.path.isfile(prefix + ext):
+            raise ArgumentError(f"{flag}: {prefix}{ext} does not exist; build it with tools/preprocess_data.py")
+    idx, size = prefix + ".idx", os.path.getsize(prefix + ".idx")
+
+    def corrupt(why):
+        return ArgumentError(f"{flag}: {idx} is corrupt or truncated ({why}); rebuild it with tools/preprocess_data.py")
+
+    with open(idx, "rb") as f:
+        head = f.read(_IDX_HEADER.size)
+    if len(head) < _IDX_HEADER.size or head[:9] != _IDX_MAGIC:
+        raise corrupt("no Megatron index header")
+    _, version, code, sequences, documents = _IDX_HEADER.unpack(head)
+    try:
+        token_size = DType.size(DType.dtype_from_code(code))
+    except ValueError:
+        raise corrupt(f"unknown token type code {code}") from None
+    needed = _IDX_HEADER.size + 12 * sequences + 8 * documents
+    if version != 1:
+        raise corrupt(f"index version {version}, not 1")
+    if size < needed:
+        raise corrupt(f"{size} bytes, its header needs {needed}")
+    if sequences == 0:
+        raise ArgumentError(f"{flag}: {prefix} holds no document; drop it or rebuild it")
+    last_length = int(np.fromfile(idx, np.int32, 1, offset=_IDX_HEADER.size + 4 * (sequences - 1))[0])
+    last_pointer = int(np.fromfile(idx, np.int64, 1, offset=_IDX_HEADER.size + 4 * sequences + 8 * (sequences - 1))[0])
+    expected, actual = last_pointer + last_length * token_size, os.path.getsize(prefix + ".bin")
+    if actual < expected:
+        raise ArgumentError(f"{flag}: {prefix}.bin is truncated ({actual} bytes, its index needs {expected}); "
+                            "rebuild it with tools/preprocess_data.py")
+    if actual > expected:
+        raise ArgumentError(f"{flag}: {prefix}.bin ({actual} bytes) does not match its .idx ({expected} bytes): "
+                            "they come from different builds; rebuild both with tools/preprocess_data.py")
+
+
+def check_data_args(args) -> None:
+    """Check every prefix of ``--data-path`` and ``--valid-data-path`` (cheap; before any process group)."""
+    if args.mock_data:
+        return
+    for flag, tokens in (("--data-path", args.data_path), ("--valid-data-path", args.valid_data_path)):
+        for prefix in parse_data_path(tokens)[0]:
+            check_prefix(prefix, flag)
 
 
 @dataclasses.dataclass
@@ -126,10 +164,9 @@ def build_datasets(args, tokenizer, is_built_on_rank) -> DataSetup:
             MockGPTDataset, [train_samples, valid_samples, 0], is_built_on_rank, config
         ).build()
         return DataSetup(train, {"mock": valid}, ["mock"], ([], None))
+    check_data_args(args)
     prefixes, weights = parse_data_path(args.data_path)
-    check_prefixes(prefixes, "--data-path")
     valid_prefixes, _ = parse_data_path(args.valid_data_path)
-    check_prefixes(valid_prefixes, "--valid-data-path")
     if valid_prefixes:
         config = _config(args, tokenizer, blend_per_split=[(prefixes, weights), None, None])
         train = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, 0, 0], is_built_on_rank, config).build()[0]

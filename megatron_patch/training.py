@@ -25,7 +25,7 @@ from megatron.core.transformer.module import Float16Module
 
 from . import checkpointing
 from .arguments import ArgumentError, no_effect_flags_given, parse_args, validate_args
-from .data import batch_iterator, build_tokenizer, consumed_per_dataset
+from .data import batch_iterator, build_tokenizer, check_data_args, consumed_per_dataset
 from .distributed import initialize_distributed, is_logging_rank, print_rank0, shutdown
 from .estimate import dry_run_report
 from .exits import ExitConditions
@@ -67,7 +67,9 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
     try:
         args, reweight, health, tokenizer = resolve_args(argv, family)
     except (ArgumentError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        # Every process finds the same mistake: one copy of the line (RANK is set by torchrun/srun).
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if args is None:  # --dry-run printed its report
         return
@@ -83,7 +85,11 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
     except ArgumentError as err:
         print_rank0(f"error: {err}")
         sys.exit(2)
-    data = datasets_provider(args, tokenizer)
+    try:
+        data = datasets_provider(args, tokenizer)
+    except ArgumentError as err:
+        print_rank0(f"error: {err}")
+        sys.exit(2)
     state = checkpointing.LoopState(
         layout=dict(dp=args.data_parallel_size, tp=args.tensor_model_parallel_size,
                     pp=args.pipeline_model_parallel_size, cp=args.context_parallel_size),
@@ -121,6 +127,10 @@ def resolve_args(argv, family):
                             f"{args.vocab_size}; raise --vocab-size or drop it to take the tokenizer's")
     args.vocab_size = args.vocab_size or tokenizer.vocab_size
     validate_args(args, world_size)  # again, now that the vocabulary (and its padding) is known
+    # Files are checked here, before any process group, so that a bad path is one line, not a hang.
+    check_data_args(args)
+    if args.load:
+        checkpointing.check_load_dir(args.load, args.save)
     return args, reweight, health, tokenizer
 
 
