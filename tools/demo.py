@@ -1,6 +1,6 @@
 """The CPU demo: uniform vs LinUpper on a small real-text corpus, with a report.
 
-    make demo                  # ~15 minutes on 2 cores
+    make demo                  # ~15 minutes on 2 idle cores
     make demo ARGS=--quick     # ~2 minutes: committed fixture text, a few iterations
 
 Builds (or reuses) the offline corpus with a redundant domain (near and exact duplicates),
@@ -10,21 +10,30 @@ all-gather runs, and writes ``reports/demo/``: plots, ``summary.md`` and ``summa
 """
 
 import argparse
+import datetime
 import json
-import warnings
 import os
+import re
 import subprocess
 import sys
 import time
+import warnings
+
+from tools.benchlib import free_port, machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STRATEGIES = ("uniform", "linupper")
 
 # Recipe (ours, the paper's scaled down): tiny Llama, seq 256, group of 16 samples (micro batch 8
 # x DP 2), uniform warm-up for the first fifth of training, then LinUpper at r = 1; validation
 # every quarter. 250 iterations keep the whole demo near 15 minutes on 2 idle cores (about 1.4 s
 # an iteration there, measured on the shared development machine at best).
-FULL = dict(iters=250, micro=8, seq=256, log=10, eval_iters=4, max_bytes=2_000_000)
-QUICK = dict(iters=24, micro=4, seq=64, log=2, eval_iters=2, max_bytes=None)
+FULL = dict(iters=250, micro=8, seq=256, log=10, eval_iters=4, max_bytes=2_000_000, r=1.0)
+QUICK = dict(iters=24, micro=4, seq=64, log=2, eval_iters=2, max_bytes=None, r=1.0)
+
+# The loop's console lines (megatron_patch/logging_utils.py), summarised as progress lines.
+ITERATION_LINE = re.compile(r"^ iteration\s+(\d+)/\s*\d+ .*\| lm loss: (\S+) ")
+VALIDATION_LINE = re.compile(r"^ validation at iteration\s+(\d+) \| loss: (\S+) \| ppl: (\S+) ")
 
 
 def log(message: str) -> None:
@@ -32,9 +41,9 @@ def log(message: str) -> None:
 
 
 def prepare(out: str, quick: bool) -> dict:
-    """The corpus, tokenizer and indexed datasets (cached in ``out``)."""
-    from tools.prepare_data import build_fixture_dataset, prepare_data
+    """The corpus, tokenizer and indexed datasets (cached in ``out``); returns the manifest."""
     from tools.build_corpus import CorpusConfig
+    from tools.prepare_data import build_fixture_dataset, prepare_data
 
     if quick:
         return build_fixture_dataset(out, with_redundant=True)
@@ -43,40 +52,72 @@ def prepare(out: str, quick: bool) -> dict:
     return prepare_data(config, out, workers=2)
 
 
-def train(strategy: str, manifest: dict, recipe: dict, run_dir: str, seed: int) -> str:
-    """One 2-process run; returns its metrics file. Prints progress lines with an ETA."""
-    metrics = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(metrics):
-        os.remove(metrics)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + seed % 500),
-           os.path.join(ROOT, "pretrain_llama.py"), "--model", "tiny",
-           "--seq-length", str(recipe["seq"]), "--max-position-embeddings", str(recipe["seq"]),
-           "--data-path", *manifest["train_data_path"].split(),
-           "--valid-data-path", *manifest["valid_data_path"].split(),
-           "--tokenizer-model", manifest["tokenizer_model"],
-           "--micro-batch-size", str(recipe["micro"]), "--global-batch-size", str(2 * recipe["micro"]),
-           "--train-iters", str(recipe["iters"]), "--lr", "1e-3", "--min-lr", "1e-4",
-           "--lr-warmup-iters", str(max(1, recipe["iters"] // 20)), "--weight-decay", "0.1",
-           "--log-interval", str(recipe["log"]), "--eval-interval", str(recipe["eval"]),
-           "--eval-iters", str(recipe["eval_iters"]), "--seed", str(seed),
-           "--reweight-strategy", strategy, "--reweight-r", "1.0",
-           "--reweight-warmup-iters", str(recipe["warmup"]), "--metrics-file", metrics]
+def torchrun_command(strategy: str, manifest: dict, recipe: dict, metrics: str, seed: int) -> list:
+    """``torchrun --nproc_per_node 2 pretrain_llama.py ...`` for one run of the recipe."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(free_port()),  # a fixed port would clash with a second demo or a test
+            os.path.join(ROOT, "pretrain_llama.py"), "--model", "tiny",
+            "--seq-length", str(recipe["seq"]), "--max-position-embeddings", str(recipe["seq"]),
+            "--data-path", *manifest["train_data_path"].split(),
+            "--valid-data-path", *manifest["valid_data_path"].split(),
+            "--tokenizer-model", manifest["tokenizer_model"],
+            "--micro-batch-size", str(recipe["micro"]), "--global-batch-size", str(2 * recipe["micro"]),
+            "--train-iters", str(recipe["iters"]), "--lr", "1e-3", "--min-lr", "1e-4",
+            "--lr-warmup-iters", str(max(1, recipe["iters"] // 20)), "--weight-decay", "0.1",
+            "--log-interval", str(recipe["log"]), "--eval-interval", str(recipe["eval"]),
+            "--eval-iters", str(recipe["eval_iters"]), "--seed", str(seed),
+            "--reweight-strategy", strategy, "--reweight-r", str(recipe["r"]),
+            "--reweight-warmup-iters", str(recipe["warmup"]), "--metrics-file", metrics]
+
+
+class Progress:
+    """Progress lines with an ETA for the whole demo (all runs), from the current run's pace."""
+
+    def __init__(self, iters_per_run: int, runs: int):
+        self.iters, self.runs = iters_per_run, runs
+        self.run_index, self.run_start = 0, time.time()
+
+    def start_run(self, index: int) -> None:
+        self.run_index, self.run_start = index, time.time()
+
+    def line(self, strategy: str, console: str) -> None:
+        """Summarise one console line of the run (others are kept only for error messages)."""
+        match = ITERATION_LINE.match(console)
+        if match:
+            it = int(match.group(1))
+            pace = (time.time() - self.run_start) / it  # includes start-up: a slight over-estimate
+            left = (self.iters - it) + (self.runs - self.run_index - 1) * self.iters
+            log(f"{strategy}: iteration {it}/{self.iters}, lm loss {float(match.group(2)):.4f}, "
+                f"{pace:.2f} s/iteration, ETA {_minutes(pace * left)}")
+            return
+        match = VALIDATION_LINE.match(console)
+        if match:
+            log(f"{strategy}: validation at iteration {match.group(1)}: mean loss {float(match.group(2)):.4f}, "
+                f"perplexity {float(match.group(3)):.2f}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def train(strategy: str, command: list, progress: Progress) -> float:
+    """Run one 2-process training; return its wall time. On failure, exit with the log's tail."""
+    # One thread per process: two processes on two cores, no oversubscription.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     start = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = []
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
-        if line.startswith(" iteration"):
-            it = int(line.split("/")[0].split()[-1])
-            eta = (time.time() - start) / it * (recipe["iters"] - it)
-            loss = line.split("lm loss:")[1].split("|")[0].strip()
-            log(f"{strategy}: iteration {it}/{recipe['iters']}, lm loss {loss}, ETA {eta:.0f} s")
-        elif line.startswith(" validation"):
-            log(f"{strategy}: {line.strip()}")
+        progress.line(strategy, line)
     if proc.wait() != 0:
-        raise SystemExit(f"[demo] the {strategy} run failed:\n{''.join(tail)}")
-    return metrics
+        raise SystemExit(f"[demo] the {strategy} run failed (exit {proc.returncode}):\n{''.join(tail)}")
+    return time.time() - start
+
+
+def read_metrics(path: str) -> list:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def main(argv=None) -> None:
@@ -85,7 +126,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fixture text, a few iterations (~2 minutes)")
     parser.add_argument("--out", default=os.path.join(ROOT, "reports", "demo"), help="report directory")
-    parser.add_argument("--data", default=None, help="corpus directory (default data/corpus or data/fixture)")
+    parser.add_argument("--data", default=None,
+                        help="corpus directory (default data/corpus_demo, or data/fixture with --quick)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--iters", type=int, default=None, help="training iterations per run (default 250; 24 with --quick)")
     args = parser.parse_args(argv)
@@ -93,22 +135,35 @@ def main(argv=None) -> None:
     if args.iters:
         recipe["iters"] = args.iters
     recipe.update(warmup=recipe["iters"] // 5, eval=max(1, recipe["iters"] // 4))
-    data_dir = args.data or os.path.join(ROOT, "data", "fixture" if args.quick else "corpus")
+    # Its own directory: data/corpus holds prepare_data's default settings, which differ from these.
+    data_dir = args.data or os.path.join(ROOT, "data", "fixture" if args.quick else "corpus_demo")
     started = time.time()
-    log(f"preparing data in {data_dir}")
+    log(f"preparing data in {data_dir} (built once, then reused)")
     manifest = prepare(data_dir, args.quick)
-    runs = {}
-    for strategy in ("uniform", "linupper"):
-        run_dir = os.path.join(args.out, strategy)
-        os.makedirs(run_dir, exist_ok=True)
+    log(f"{manifest['tokens']['train']:,} training tokens in {len(manifest['domains'])} domains; "
+        f"each run reads {recipe['iters'] * 2 * recipe['micro'] * recipe['seq']:,}")
+
+    progress = Progress(recipe["iters"], len(STRATEGIES))
+    runs, wall = {}, {}
+    for index, strategy in enumerate(STRATEGIES):
+        metrics = os.path.join(args.out, strategy, "metrics.jsonl")
+        os.makedirs(os.path.dirname(metrics), exist_ok=True)
+        if os.path.exists(metrics):
+            os.remove(metrics)  # the loop appends; a previous demo's records would mix in
         log(f"training {strategy} ({recipe['iters']} iterations, 2 processes)")
-        runs[strategy] = train(strategy, manifest, recipe, run_dir, args.seed)
+        progress.start_run(index)
+        wall[strategy] = train(strategy, torchrun_command(strategy, manifest, recipe, metrics, args.seed), progress)
+        runs[strategy] = read_metrics(metrics)
+
     from tools.demo_report import write_report
 
-    summary = write_report({k: [json.loads(l) for l in open(v)] for k, v in runs.items()}, manifest, args.out)
-    log(f"done in {time.time() - started:.0f} s; report: {os.path.join(args.out, 'summary.md')}")
+    context = {"recipe": recipe, "seed": args.seed, "wall_s": {k: round(v, 1) for k, v in wall.items()},
+               "machine": machine(), "date": datetime.date.today().isoformat(),
+               "command": "python -m tools.demo " + " ".join(sys.argv[1:] if argv is None else argv)}
+    summary = write_report(runs, manifest, args.out, context)
     for name, value in summary["final_valid_loss"].items():
         log(f"final mean validation loss, {name}: {value:.4f}")
+    log(f"done in {_minutes(time.time() - started)}; report: {os.path.join(args.out, 'summary.md')}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The demo's report: plots and a markdown + JSON summary from two runs' metrics files.
 
 Input: ``{strategy: [metrics records]}`` as written by ``--metrics-file`` (see
-docs/architecture.md). Every number in the summary is read from those records; nothing is
-estimated here.
+docs/architecture.md, "The metrics file"). Every number in the summary is read from those records
+or computed from them here (means, differences); nothing is estimated.
 """
 
 import json
@@ -11,7 +11,9 @@ import os
 
 import torch
 
-from reweighting import normalise_losses, sample_weights
+from reweighting import normalise_losses, sample_weights, strategy_score
+
+REDUNDANT = "redundant"  # tools.build_corpus's opt-in domain of near and exact duplicates
 
 
 def _train(records):
@@ -20,6 +22,12 @@ def _train(records):
 
 def _valid(records):
     return [r for r in records if r["kind"] == "valid"]
+
+
+def domain_names(manifest: dict) -> list:
+    """Training domain names by domain id: the order of the prefixes in the training blend."""
+    by_prefix = {d["splits"]["train"]["prefix"]: name for name, d in manifest["domains"].items()}
+    return [by_prefix[p] for p in manifest["train_data_path"].split()[1::2]]
 
 
 def weight_share_vs_data_share(records) -> dict:
@@ -37,13 +45,19 @@ def weight_share_vs_data_share(records) -> dict:
 
 
 def summarise(runs: dict) -> dict:
-    summary = {"final_train_loss": {}, "final_valid_loss": {}, "final_valid_ppl": {}, "domains": {}}
+    """Final losses and perplexities of every run; for ``linupper``, where its weight went."""
+    summary = {"final_train_loss": {}, "final_valid_loss": {}, "final_valid_ppl": {}}
     for name, records in runs.items():
         train, valid = _train(records), _valid(records)
         summary["final_train_loss"][name] = train[-1]["lm loss"]
         summary["final_valid_loss"][name] = valid[-1]["loss"]
         summary["final_valid_ppl"][name] = {d: v["ppl"] for d, v in valid[-1]["domains"].items()}
         summary["tokens"] = train[-1]["tokens"]
+    if "uniform" in runs and "linupper" in runs:
+        loss = summary["final_valid_loss"]
+        summary["valid_loss_difference"] = loss["linupper"] - loss["uniform"]
+        ppl = summary["final_valid_ppl"]
+        summary["valid_ppl_change"] = {d: ppl["linupper"][d] / ppl["uniform"][d] - 1 for d in ppl["uniform"]}
     if "linupper" in runs:
         summary["weight_vs_data_share"] = weight_share_vs_data_share(runs["linupper"])
         stats = [r for r in _train(runs["linupper"]) if r.get("ess") is not None]
@@ -53,18 +67,51 @@ def summarise(runs: dict) -> dict:
     return summary
 
 
+def _verdict(summary: dict) -> list:
+    """Plain sentences read off the numbers, whichever way they point."""
+    lines = []
+    if "valid_loss_difference" in summary:
+        diff = summary["valid_loss_difference"]
+        side = "below" if diff < 0 else "above"
+        lines.append(f"- LinUpper's final mean validation loss is {abs(diff):.4f} nats {side} uniform's "
+                     f"({'LinUpper' if diff < 0 else 'uniform'} is ahead at this scale).")
+        change = summary["valid_ppl_change"]
+        better = sorted(d for d, c in change.items() if c < 0)
+        worse = sorted(d for d, c in change.items() if c >= 0)
+        lines.append(f"- Validation perplexity under LinUpper: lower on {', '.join(better) or 'no domain'}; "
+                     f"higher or equal on {', '.join(worse) or 'no domain'}.")
+    share = summary.get("weight_vs_data_share", {}).get(REDUNDANT)
+    if share and share["token_share"]:
+        ratio = share["weight_share"] / share["token_share"]
+        how = "down-weighted" if ratio < 1 else "not down-weighted"
+        lines.append(f"- The redundant domain was {how}: {share['weight_share']:.3f} of the weight for "
+                     f"{share['token_share']:.3f} of the tokens (ratio {ratio:.3f}).")
+    return lines
+
+
 def _markdown(summary: dict) -> str:
     names = list(summary["final_valid_loss"])
-    lines = ["# Demo: uniform vs LinUpper", "",
-             f"Tokens per run: {summary['tokens']:,}", "",
-             "| run | final train lm loss | final mean validation loss |", "|---|---|---|"]
+    context = summary.get("context", {})
+    lines = ["# Demo: uniform vs LinUpper", ""]
+    if context:
+        recipe = context["recipe"]
+        lines += [f"{context['date']}, `{context['command']}` on {context['machine']}.",
+                  f"Recipe: {recipe['iters']} iterations, sequence {recipe['seq']}, micro batch {recipe['micro']} "
+                  f"x DP 2 (a group of {2 * recipe['micro']} samples), LinUpper r = {recipe['r']} after "
+                  f"{recipe['warmup']} uniform warm-up iterations, seed {context['seed']}.",
+                  "Wall time per run: " + ", ".join(f"{k} {v:.0f} s" for k, v in context["wall_s"].items()) + ".", ""]
+    lines += [f"Tokens per run: {summary['tokens']:,}", "",
+              "| run | final train lm loss | final mean validation loss |", "|---|---|---|"]
     for n in names:
         lines.append(f"| {n} | {summary['final_train_loss'][n]:.4f} | {summary['final_valid_loss'][n]:.4f} |")
     domains = sorted(summary["final_valid_ppl"][names[0]])
+    change = summary.get("valid_ppl_change")
     lines += ["", "Validation perplexity per domain (held-out, fixed, unweighted):", "",
-              "| domain | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+              "| domain | " + " | ".join(names) + (" | change |" if change else " |"),
+              "|---" * (len(names) + 1 + bool(change)) + "|"]
     for d in domains:
-        lines.append(f"| {d} | " + " | ".join(f"{summary['final_valid_ppl'][n][d]:.2f}" for n in names) + " |")
+        cells = [f"{summary['final_valid_ppl'][n][d]:.2f}" for n in names] + ([f"{100 * change[d]:+.1f}%"] if change else [])
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     if "weight_vs_data_share" in summary:
         lines += ["", "LinUpper: share of the weight each domain received vs its share of the tokens "
                   "(means over the reweighting iterations):", "",
@@ -75,16 +122,22 @@ def _markdown(summary: dict) -> str:
     if "mean_ess" in summary:
         lines += ["", f"LinUpper mean effective sample size / N: {summary['mean_ess']:.3f}; "
                   f"mean N x max weight: {summary['mean_max_weight']:.3f}."]
+    verdict = _verdict(summary)
+    if verdict:
+        lines += ["", "What the numbers say:", "", *verdict]
     return "\n".join(lines) + "\n"
 
 
-def _plots(runs: dict, out: str) -> list:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; no display on a CPU box
     import matplotlib.pyplot as plt
 
-    files = []
+    return plt
+
+
+def _plot_losses(plt, runs):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, records in runs.items():
         t = _train(records)
@@ -93,33 +146,52 @@ def _plots(runs: dict, out: str) -> list:
         axes[1].plot([r["tokens"] for r in v], [r["loss"] for r in v], marker="o", label=name)
     for ax, title in zip(axes, ("training lm loss (unweighted)", "mean validation loss")):
         ax.set_xlabel("tokens"), ax.set_title(title), ax.legend()
-    files.append(_save(fig, out, "loss.png"))
+    return fig
 
-    if "linupper" in runs:
-        t = [r for r in _train(runs["linupper"])]
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-        its = [r["iteration"] for r in t]
-        axes[0].plot(its, [r["reweight r"] if r.get("reweight r") is not None else math.nan for r in t])
-        axes[0].set_title("r (gap: uniform warm-up)")
-        axes[1].plot(its, [r.get("ess", math.nan) for r in t]), axes[1].set_title("effective sample size / N")
-        axes[2].plot(its, [r.get("max_weight", math.nan) for r in t]), axes[2].set_title("N x max weight")
-        for ax in axes:
-            ax.set_xlabel("iteration")
-        files.append(_save(fig, out, "weights_over_time.png"))
 
-        groups = [r for r in runs["linupper"] if r["kind"] == "group" and r.get("r")]
-        if groups:
-            picks = [groups[0], groups[len(groups) // 2], groups[-1]]
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for g in picks:
-                losses = torch.tensor(g["losses"])
-                h = normalise_losses(losses, g["delta"])
-                w = sample_weights(losses, g["strategy"], g["r"], g["delta"]) * len(losses)
-                ax.scatter(h.tolist(), w.tolist(), label=f"iteration {g['iteration']}", s=14)
-            ax.set_xlabel("normalised loss h"), ax.set_ylabel("N x weight"), ax.legend()
-            ax.set_title("LinUpper weights against normalised loss")
-            files.append(_save(fig, out, "weights_vs_loss.png"))
+def _plot_weight_stats(plt, records):
+    t = _train(records)
+    its = [r["iteration"] for r in t]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(its, [r["reweight r"] if r.get("reweight r") is not None else math.nan for r in t])
+    axes[0].set_title("r (gap: uniform warm-up)")
+    axes[1].plot(its, [r.get("ess", math.nan) for r in t]), axes[1].set_title("effective sample size / N")
+    axes[2].plot(its, [r.get("max_weight", math.nan) for r in t]), axes[2].set_title("N x max weight")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+    return fig
 
+
+def _plot_group_weights(plt, groups, names):
+    """N x weight against normalised loss for up to three logged groups, one colour per domain.
+
+    The line is the strategy's weight curve for that group: N exp(s(h)/r) / sum_j exp(s_j/r).
+    """
+    picks = [groups[i] for i in sorted({0, len(groups) // 2, len(groups) - 1})]
+    fig, axes = plt.subplots(1, len(picks), figsize=(5 * len(picks), 4), sharey=True, squeeze=False)
+    for ax, g in zip(axes[0], picks):
+        losses = torch.tensor(g["losses"])
+        h = normalise_losses(losses, g["delta"])
+        w = sample_weights(losses, g["strategy"], g["r"], g["delta"]) * len(losses)
+        scores = strategy_score(h, g["strategy"], g["delta"])
+        grid = torch.linspace(-g["delta"], g["delta"], 101)
+        curve = len(losses) * torch.exp(strategy_score(grid, g["strategy"], g["delta"]) / g["r"]) \
+            / torch.exp(scores / g["r"]).sum()
+        ax.plot(grid.tolist(), curve.tolist(), color="grey", lw=1)
+        ids = g.get("domain_ids") or [0] * len(losses)
+        for d in sorted(set(ids)):
+            keep = [i for i, x in enumerate(ids) if x == d]
+            label = names[d] if d < len(names) else f"domain {d}"
+            ax.scatter([h[i].item() for i in keep], [w[i].item() for i in keep], s=24, label=label,
+                       color=f"C{d}", marker="x" if label == REDUNDANT else "o")
+        ax.axhline(1.0, color="grey", lw=0.5, ls=":")  # the uniform weight
+        ax.set_title(f"iteration {g['iteration']} (r = {g['r']:g})"), ax.set_xlabel("normalised loss h")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("N x weight")
+    return fig
+
+
+def _plot_domain_ppl(plt, runs):
     names = list(runs)
     last = {n: _valid(runs[n])[-1]["domains"] for n in names}
     domains = sorted(last[names[0]])
@@ -128,27 +200,36 @@ def _plots(runs: dict, out: str) -> list:
     for i, n in enumerate(names):
         ax.bar([j + i * width for j in range(len(domains))], [last[n][d]["ppl"] for d in domains], width, label=n)
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(domains))], domains)
-    ax.set_ylabel("validation perplexity"), ax.legend()
-    files.append(_save(fig, out, "domain_perplexity.png"))
-    return files
+    ax.set_ylabel("final validation perplexity"), ax.legend()
+    return fig
 
 
-def _save(fig, out, name) -> str:
-    path = os.path.join(out, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
+def _plots(runs: dict, names: list, out: str) -> list:
+    plt = _pyplot()
+    figures = {"loss.png": _plot_losses(plt, runs), "domain_perplexity.png": _plot_domain_ppl(plt, runs)}
+    if "linupper" in runs:
+        figures["weights_over_time.png"] = _plot_weight_stats(plt, runs["linupper"])
+        groups = [r for r in runs["linupper"] if r["kind"] == "group" and r.get("r")]
+        if groups:
+            figures["weights_vs_loss.png"] = _plot_group_weights(plt, groups, names)
+    for name, fig in figures.items():
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, name), dpi=100)
+        plt.close(fig)
+    return list(figures)
 
-    plt.close(fig)
-    return path
 
+def write_report(runs: dict, manifest: dict, out: str, context: dict = None) -> dict:
+    """Write plots, ``summary.md`` and ``summary.json`` to ``out``; return the summary.
 
-def write_report(runs: dict, manifest: dict, out: str) -> dict:
-    """Write plots, ``summary.md`` and ``summary.json`` to ``out``; return the summary."""
+    ``context`` (recipe, seed, wall times, machine, date, command) is copied into the summary.
+    """
     os.makedirs(out, exist_ok=True)
     summary = summarise(runs)
-    summary["plots"] = [os.path.basename(p) for p in _plots(runs, out)]
     summary["data_tokens"] = manifest.get("tokens")
+    if context:
+        summary["context"] = context
+    summary["plots"] = _plots(runs, domain_names(manifest), out)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, allow_nan=False)
     with open(os.path.join(out, "summary.md"), "w") as f:
