@@ -71,24 +71,34 @@ def torchrun_command(strategy: str, manifest: dict, recipe: dict, metrics: str, 
 
 
 class Progress:
-    """Progress lines with an ETA for the whole demo (all runs), from the current run's pace."""
+    """Progress lines with an ETA for the whole demo (all runs).
+
+    The pace is measured between iteration lines, so the start-up of a run (imports, dataset
+    indices: long against a short run) does not inflate it; the start-up measured in this run is
+    added once for each run still to come.
+    """
 
     def __init__(self, iters_per_run: int, runs: int):
         self.iters, self.runs = iters_per_run, runs
-        self.run_index, self.run_start = 0, time.time()
+        self.start_run(0)
 
     def start_run(self, index: int) -> None:
-        self.run_index, self.run_start = index, time.time()
+        self.run_index, self.run_start, self.first = index, time.time(), None
 
     def line(self, strategy: str, console: str) -> None:
         """Summarise one console line of the run (others are kept only for error messages)."""
         match = ITERATION_LINE.match(console)
         if match:
-            it = int(match.group(1))
-            pace = (time.time() - self.run_start) / it  # includes start-up: a slight over-estimate
-            left = (self.iters - it) + (self.runs - self.run_index - 1) * self.iters
-            log(f"{strategy}: iteration {it}/{self.iters}, lm loss {float(match.group(2)):.4f}, "
-                f"{pace:.2f} s/iteration, ETA {_minutes(pace * left)}")
+            it, now = int(match.group(1)), time.time()
+            self.first = self.first or (it, now)
+            eta = ""
+            if it > self.first[0]:
+                pace = (now - self.first[1]) / (it - self.first[0])
+                startup = max(0.0, self.first[1] - self.run_start - pace * self.first[0])
+                later_runs = self.runs - self.run_index - 1
+                left = pace * (self.iters - it) + later_runs * (startup + pace * self.iters)
+                eta = f", {pace:.2f} s/iteration, ETA {_minutes(left)}"
+            log(f"{strategy}: iteration {it}/{self.iters}, lm loss {float(match.group(2)):.4f}{eta}")
             return
         match = VALIDATION_LINE.match(console)
         if match:

@@ -121,16 +121,21 @@ def test_progress_lines_parse_the_loop_output(capsys):
               "global_batch_size": 16, "lm loss": 6.5, "weighted loss": 6.4, "reweight r": None, "grad_norm": 1.0,
               "skipped": 0, "nan_iterations": 0}
     progress = demo.Progress(iters_per_run=100, runs=2)
-    progress.start_run(1)
-    progress.run_start -= 20.0  # 20 s for 10 iterations: 2 s each, 90 left in the second (last) run
-    progress.line("linupper", console_line(record, 100))
-    progress.line("linupper", validation_line({"iteration": 10, "loss": 5.0, "ppl": math.exp(5.0),
-                                               "domains": {"a": {"loss": 5.0, "ppl": math.exp(5.0)}}}))
-    progress.line("linupper", "some other line\n")
+    progress.start_run(0)
+    progress.run_start -= 50.0  # with the shift below: 30 s before the first line, at iteration 10
+    progress.line("uniform", console_line(record, 100))  # no pace yet: no ETA
+    progress.first = (10, progress.first[1] - 20.0)  # 10 more iterations in 20 s: 2 s each
+    progress.line("uniform", console_line(dict(record, iteration=20), 100))
+    progress.line("uniform", validation_line({"iteration": 20, "loss": 5.0, "ppl": math.exp(5.0),
+                                              "domains": {"a": {"loss": 5.0, "ppl": math.exp(5.0)}}}))
+    progress.line("uniform", "some other line\n")
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("[demo] linupper: iteration 10/100, lm loss 6.5000, 2.00 s/iteration, ETA 3m0")
-    assert lines[1] == "[demo] linupper: validation at iteration 10: mean loss 5.0000, perplexity 148.41"
+    assert len(lines) == 3
+    assert lines[0] == "[demo] uniform: iteration 10/100, lm loss 6.5000"
+    # 80 iterations left here, then the second run: 10 s of start-up (30 s to iteration 10 at
+    # 2 s each) and 100 iterations: 160 + 10 + 200 = 370 s
+    assert lines[1] == "[demo] uniform: iteration 20/100, lm loss 6.5000, 2.00 s/iteration, ETA 6m10s"
+    assert lines[2] == "[demo] uniform: validation at iteration 20: mean loss 5.0000, perplexity 148.41"
 
 
 def test_torchrun_command_is_the_recipe():
