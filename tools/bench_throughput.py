@@ -211,6 +211,7 @@ def main(argv=None):
     if rank == 0:
         print(report(figures, args.strategy), flush=True)
         if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
             with open(args.json, "w") as handle:
                 json.dump({"machine": machine(), "argv": argv, **figures}, handle, indent=1)
     return figures
