@@ -1,8 +1,8 @@
 """Faults on 2-process CPU runs: crashes, interrupted saves, preemption, early exits, non-finite losses.
 
-One uninterrupted reference run, then one chain of runs over a single checkpoint directory that
-is killed and resumed again and again; every iteration any run of the chain logs must equal the
-reference's, bit for bit.
+One uninterrupted reference run and, beside it, one chain of runs over a single checkpoint
+directory that is killed and resumed again and again; every iteration any run of the chain logs
+must equal the reference's, bit for bit.
 """
 
 import collections
@@ -18,9 +18,10 @@ import threading
 import time
 
 import psutil
+import pytest
 import torch
 
-from e2e_support import ROOT, TINY, _free_port, data_flags, kill_tree, torchrun
+from e2e_support import ROOT, TINY, _free_port, data_flags, kill_tree
 from megatron_patch.checkpointing import MARKER, read_marker
 
 TRAIN_ITERS = 12
@@ -92,6 +93,21 @@ class Run:
         return "".join(self.lines)
 
 
+@pytest.fixture
+def launch():
+    """``launch(args, **env)`` starts a :class:`Run`; runs a failed test left running are killed."""
+    runs = []
+
+    def start(args, **env):
+        runs.append(Run(args, **env))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None:
+            run.kill()
+
+
 def _records(path) -> dict:
     """``{(kind, iteration): record}`` of a metrics file; a line cut by SIGKILL is dropped."""
     out = {}
@@ -107,11 +123,10 @@ def _resumed(run: Run, ckpt, iteration: int) -> None:
     run.wait_for(f"resumed from {ckpt} at iteration {iteration} ")
 
 
-def test_kills_saves_and_preemption_resume_exactly(fixture_data, tmp_path):
+def test_kills_saves_and_preemption_resume_exactly(fixture_data, tmp_path, launch):
     flags = _flags(fixture_data)
-    torchrun("pretrain_llama.py", [*flags, "--metrics-file", str(tmp_path / "reference.jsonl")])
-    reference = _records(tmp_path / "reference.jsonl")
-    assert sorted(i for kind, i in reference if kind == "train") == list(range(1, TRAIN_ITERS + 1))
+    # Alongside the chain's first run: on shared cores, two runs at once finish sooner than in turn.
+    reference_run = launch([*flags, "--metrics-file", str(tmp_path / "reference.jsonl")])
 
     ckpt = tmp_path / "ckpt"
     rng = random.Random(9)
@@ -119,7 +134,7 @@ def test_kills_saves_and_preemption_resume_exactly(fixture_data, tmp_path):
     metrics = [tmp_path / f"chain{n}.jsonl" for n in range(5)]
 
     # 1. SIGKILL while a checkpoint is being written: the marker never names it.
-    run = Run([*chain, "--metrics-file", str(metrics[0])])
+    run = launch([*chain, "--metrics-file", str(metrics[0])])
     run.wait_for("no checkpoint there yet, starting from iteration 0")
     saving = rng.choice([4, 6])
     run.wait_for(f"saving checkpoint at iteration {saving} ")
@@ -130,21 +145,24 @@ def test_kills_saves_and_preemption_resume_exactly(fixture_data, tmp_path):
     # 2. SIGKILL after a save's shards are complete, before the marker: rank 0 is held exactly
     # there by a FIFO in place of the marker's temporary file (checkpointing._write_atomically
     # names it MARKER.tmp.<pid>), which blocks its open() until the kill.
-    run = Run([*chain, "--metrics-file", str(metrics[1])])
+    run = launch([*chain, "--metrics-file", str(metrics[1])])
     _resumed(run, ckpt, first)
     fifo = ckpt / f"{MARKER}.tmp.{run.worker(0).pid}"
     os.mkfifo(fifo)
+    held = ckpt / f"iter_{first + 2:07d}"  # the first save after the resume
+    run.wait_for(f"saving checkpoint at iteration {first + 2} ")
     deadline = time.time() + 120
-    while not any((ckpt / f"iter_{i:07d}").is_dir() for i in range(first + 2, TRAIN_ITERS + 1, 2)):
+    # Renamed from .partial (an iter_ directory that step 1 left unmarked is replaced only then).
+    while not held.is_dir() or os.path.exists(f"{held}.partial"):
         assert time.time() < deadline and run.proc.poll() is None, run.output[-3000:]
         time.sleep(0.2)
     run.kill()
     second = read_marker(str(ckpt))
-    assert second == first and (ckpt / f"iter_{first + 2:07d}").is_dir()  # complete, but not the latest
+    assert second == first and {p.name for p in (held / "rng").iterdir()} == {"rank_00000.pt", "rank_00001.pt"}
     fifo.unlink()
 
     # 3. SIGKILL at a random iteration (a node failure): the previous checkpoint loads.
-    run = Run([*chain, "--metrics-file", str(metrics[2])])
+    run = launch([*chain, "--metrics-file", str(metrics[2])])
     _resumed(run, ckpt, second)
     run.wait_for(f"iteration {second + rng.randint(1, 3):8d}/")
     run.kill()
@@ -153,7 +171,7 @@ def test_kills_saves_and_preemption_resume_exactly(fixture_data, tmp_path):
     # 4. SIGTERM to torchrun (what scancel or a preemption sends): torchrun passes it to the
     # training processes, which save at the end of the iteration and exit 0 within torchrun's
     # grace period; torchrun itself then exits 1 (it re-raises the signal). See docs/errors.md.
-    run = Run([*chain, "--metrics-file", str(metrics[3])], TORCH_ELASTIC_SHUTDOWN_TIMEOUT="120")
+    run = launch([*chain, "--metrics-file", str(metrics[3])], TORCH_ELASTIC_SHUTDOWN_TIMEOUT="120")
     _resumed(run, ckpt, third)
     run.wait_for(f"iteration {third + 1:8d}/")
     run.proc.send_signal(signal.SIGTERM)
@@ -163,12 +181,15 @@ def test_kills_saves_and_preemption_resume_exactly(fixture_data, tmp_path):
     assert f"saved checkpoint at iteration {fourth}" in run.output and "forcefully exiting" not in run.output
 
     # 5. --exit-duration-in-mins: saves and exits 0 after the first iteration past the limit.
-    run = Run([*chain, "--metrics-file", str(metrics[4]), "--exit-duration-in-mins", "0"])
+    run = launch([*chain, "--metrics-file", str(metrics[4]), "--exit-duration-in-mins", "0"])
     _resumed(run, ckpt, fourth)
     assert run.finish() == 0, run.output[-3000:]
     assert f"exiting after iteration {fourth + 1}: ran " in run.output
     assert read_marker(str(ckpt)) == fourth + 1
 
+    assert reference_run.finish() == 0, reference_run.output[-3000:]
+    reference = _records(tmp_path / "reference.jsonl")
+    assert sorted(i for kind, i in reference if kind == "train") == list(range(1, TRAIN_ITERS + 1))
     # Every iteration logged by any run of the chain, before or after a kill, is the reference's.
     seen = set()
     for path in metrics:
