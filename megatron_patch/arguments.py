@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 # Flags that change the math (--apply-layernorm-1p, --cross-entropy-loss-fusion, ...) are real
 # flags below, never in these lists.
 NO_EFFECT_FLAGS = (
-    "--use-flash-attn", "--overlap-grad-reduce", "--overlap-param-gather", "--bias-gelu-fusion",
+    "--use-flash-attn", "--bias-gelu-fusion",
     "--no-bias-gelu-fusion", "--bias-swiglu-fusion", "--no-bias-swiglu-fusion", "--masked-softmax-fusion",
     "--no-masked-softmax-fusion", "--bias-dropout-fusion", "--no-bias-dropout-fusion", "--no-rope-fusion",
     "--attention-softmax-in-fp32", "--accumulate-allreduce-grads-in-fp32",
@@ -46,7 +46,7 @@ NO_EFFECT_FLAGS = (
 )
 NO_EFFECT_VALUED_FLAGS = ("--fp8-format", "--fp8-recipe", "--fp8-margin", "--fp8-interval",
                           "--fp8-amax-history-len", "--fp8-amax-compute-algo", "--attention-backend",
-                          "--distributed-timeout-minutes", "--manual-gc-interval", "--empty-unused-memory-level")
+                          "--manual-gc-interval", "--empty-unused-memory-level")
 
 # Upstream flags we do not support, with what to do instead (the error names the flag).
 UNSUPPORTED_HINTS = {
@@ -143,6 +143,15 @@ def _parallel_args(p):
     g.add_argument("--context-parallel-size", type=int, default=1)
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
+    # megatron-core DDP's communication options, as upstream names them.
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="reduce gradient buckets while the backward pass runs")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="gather updated parameters during the next forward pass (needs --use-distributed-optimizer)")
+    g.add_argument("--ddp-bucket-size", type=int, default=None,
+                   help="parameters per gradient bucket with --overlap-grad-reduce (megatron-core's default if unset)")
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10,
+                   help="timeout of collectives before a hung rank fails the job")
 
 
 def _data_args(p):
@@ -292,6 +301,10 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
                  "raise --max-position-embeddings or shorten --seq-length")
     _require(not (args.bf16 and args.fp16), "--bf16 and --fp16 are exclusive; pass one")
     _require(args.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
+    _require(not args.overlap_param_gather or args.use_distributed_optimizer,
+             "--overlap-param-gather needs --use-distributed-optimizer; add it or drop --overlap-param-gather")
+    _require(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1, "--ddp-bucket-size must be >= 1")
+    _require(args.distributed_timeout_minutes > 0, "--distributed-timeout-minutes must be > 0")
     dp = world_size // (tp * pp * cp)
     args.data_parallel_size = dp
     if args.global_batch_size is None:

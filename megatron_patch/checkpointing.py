@@ -134,7 +134,46 @@ def _set_rng_state(state: dict) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def _give_optimizer_state(optimizer) -> None:
+    """Give a fresh distributed optimizer the state a checkpoint is loaded into.
+
+    Its ``sharded_state_dict`` reads Adam's ``step`` from the state of torch's Adam (what it uses
+    without Apex or Transformer Engine), which is empty until the first step: loading into a new
+    run failed there. megatron-core's own remedy (a step with zero gradients, as it does for
+    Megatron-FSDP) creates the state; every value it touches is then overwritten by the load.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(sub, DistributedOptimizer) and not sub.optimizer.state:
+            sub._init_optimizer_states_with_dummy_values()
+
+
+def _restore_adam_steps(optimizer) -> None:
+    """Give every parameter its own, loaded Adam ``step`` after a distributed optimizer's load.
+
+    Without Apex or Transformer Engine, megatron-core 0.16.1's distributed optimizer keeps the
+    step of torch's Adam in its param groups in the checkpoint, and on load (a) puts ONE tensor
+    in every parameter's state, which torch then increments once per parameter, and (b) copies
+    the per-parameter state over it from the template a fresh optimizer had (the value before
+    the load). Either way the first updates after a resume used wrong bias corrections; the
+    resume test caught it. The loaded group step is the truth: each state gets its own copy.
+    """
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", sub)
+        for group in inner.param_groups:
+            if group.get("step") is None:
+                continue
+            for param in group["params"]:
+                state = inner.state.get(param)
+                if state and isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype,
+                                                 device=state["step"].device)
+
+
 def _sharded_state(model, optimizer, is_loading: bool) -> dict:
+    if is_loading:
+        _give_optimizer_state(optimizer)
     model_sd = model.module.sharded_state_dict()
     # dp_reshardable: the sharding type torch_dist accepts for the distributed optimizer.
     opt_sd = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
@@ -195,9 +234,11 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
     except Exception as err:  # noqa: BLE001 - any read failure is a damaged checkpoint to the user
         raise ArgumentError(f"--load {root}: {path} cannot be read ({_one_line(err)}); remove it and "
                             f"write the previous iteration into {MARKER}, or point --load elsewhere") from err
-    model.module.load_state_dict(loaded["model"])
-    if load_optim:
-        optimizer.load_state_dict(loaded["optimizer"])
+    with torch.no_grad():  # fp32 with the distributed optimizer: its shards are views of the weights
+        model.module.load_state_dict(loaded["model"])
+        if load_optim:
+            optimizer.load_state_dict(loaded["optimizer"])
+            _restore_adam_steps(optimizer)
     _check_finite(model, path)
     rank_file = os.path.join(path, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
     if load_rng and os.path.exists(rank_file):

@@ -5,6 +5,7 @@ the backend is gloo and :func:`megatron_patch.cpu_compat.apply_cpu_shims` lets m
 on the CPU. The rendezvous is ``env://`` (torchrun or srun set ``MASTER_ADDR``, ``RANK``, ...).
 """
 
+import datetime
 import os
 import random
 
@@ -17,15 +18,18 @@ from .cpu_compat import apply_cpu_shims
 
 
 def initialize_distributed(*, tensor_model_parallel_size: int, pipeline_model_parallel_size: int,
-                           context_parallel_size: int, seed: int) -> torch.device:
-    """Create the process group and the TP/PP/CP/DP groups, seed every generator; returns the device."""
+                           context_parallel_size: int, seed: int, timeout_minutes: float = 10) -> torch.device:
+    """Create the process group and the TP/PP/CP/DP groups, seed every generator; returns the device.
+
+    ``timeout_minutes`` bounds how long a collective waits for a rank (``--distributed-timeout-minutes``).
+    """
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"
     else:
         apply_cpu_shims()
         device, backend = torch.device("cpu"), "gloo"
-    torch.distributed.init_process_group(backend)
+    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     ps.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,

@@ -7,6 +7,7 @@ is not visible here: the forward step returns the loss function of :mod:`megatro
 which carries it; the loop only passes the iteration (for r) and collects the report.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -75,7 +76,8 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
         return
     initialize_distributed(tensor_model_parallel_size=args.tensor_model_parallel_size,
                            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-                           context_parallel_size=args.context_parallel_size, seed=args.seed)
+                           context_parallel_size=args.context_parallel_size, seed=args.seed,
+                           timeout_minutes=args.distributed_timeout_minutes)
     for flag in no_effect_flags_given(args):
         print_rank0(f"note: {flag} has no effect here (see docs/flags.md)")
     try:
@@ -143,7 +145,10 @@ def build_model_and_optimizer(model_provider, args):
     if args.bf16 or args.fp16:
         model = Float16Module(config, model)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=args.bf16 or args.fp16,
-                                               use_distributed_optimizer=args.use_distributed_optimizer)
+                                               use_distributed_optimizer=args.use_distributed_optimizer,
+                                               overlap_grad_reduce=args.overlap_grad_reduce,
+                                               overlap_param_gather=args.overlap_param_gather,
+                                               bucket_size=args.ddp_bucket_size)
     model = DistributedDataParallel(config, ddp_config, model)
     optimizer = get_megatron_optimizer(OptimizerConfig(
         optimizer="adam", lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
@@ -269,17 +274,38 @@ def train(forward_step, model, optimizer, scheduler, data, args, state, reweight
             interval = Interval()
         last = state.iteration == args.train_iters
         if data.valid and args.eval_iters > 0 and (state.iteration % args.eval_interval == 0 or last):
-            log_validation(evaluate(forward_step, model, data.valid, args, state), args, state, sink)
+            with parameters_gathered(model):
+                log_validation(evaluate(forward_step, model, data.valid, args, state), args, state, sink)
         stop = exits.reason(state.iteration)
         save_due = args.save_interval and state.iteration % args.save_interval == 0
         if args.save and (save_due or stop or last):
             state.scheduler = scheduler.state_dict()
             state.consumed_per_dataset = consumed_per_dataset(data.train, state.consumed_samples, data.domains)
-            checkpointing.save_checkpoint(args.save, model, optimizer, state, log=print_rank0)
+            with parameters_gathered(model):
+                checkpointing.save_checkpoint(args.save, model, optimizer, state, log=print_rank0)
         if stop:
             print_rank0(f"exiting after iteration {state.iteration}: {stop}")
             break
     sink.close()
+
+
+@contextlib.contextmanager
+def parameters_gathered(model):
+    """Every rank's model holds the updated parameters inside the block.
+
+    With ``--overlap-param-gather`` the distributed optimizer updates only this rank's shard and
+    the other shards arrive during the next forward pass (forward pre-hooks). Evaluation and
+    checkpoints need them now: as Megatron-LM does, the hooks are removed with a synchronous
+    gather and put back afterwards. Without that option this does nothing.
+    """
+    if not getattr(model, "use_forward_hook", False):
+        yield
+        return
+    model.disable_forward_pre_hook(param_sync=True)
+    try:
+        yield
+    finally:
+        model.enable_forward_pre_hook()
 
 
 def log_interval(interval, scheduler, optimizer, data, args, state, reweight, sink, health, last_group) -> None:

@@ -13,7 +13,8 @@ import sys
 
 SUPPORTED_VERSIONS = ("0.16.1",)
 
-# module -> {symbol: parameters its signature must have (empty: existence only)}
+# module -> {symbol: parameters its signature must have (empty: existence only)}; a dotted symbol
+# is an attribute of one (a method of a class).
 REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
     "megatron.core": {"parallel_state": (), "tensor_parallel": (), "dist_checkpointing": (), "package_info": ()},
     "megatron.core.tensor_parallel": {"random": ()},
@@ -75,13 +76,22 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
     "megatron.core.transformer.module": {"Float16Module": ("config", "module")},
     "megatron.core.distributed": {
         "DistributedDataParallel": ("config", "ddp_config", "module"),
-        "DistributedDataParallelConfig": ("grad_reduce_in_fp32", "use_distributed_optimizer"),
+        "DistributedDataParallelConfig": ("grad_reduce_in_fp32", "use_distributed_optimizer", "overlap_grad_reduce",
+                                          "overlap_param_gather", "bucket_size"),
+        # --overlap-param-gather: parameters are gathered before evaluation and checkpoints.
+        "DistributedDataParallel.disable_forward_pre_hook": ("param_sync",),
+        "DistributedDataParallel.enable_forward_pre_hook": (),
         "finalize_model_grads": ("model", "num_tokens"),
     },
     "megatron.core.optimizer": {
         "OptimizerConfig": ("optimizer", "lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
                             "clip_grad", "bf16", "fp16", "use_distributed_optimizer"),
         "get_megatron_optimizer": ("config", "model_chunks"),
+    },
+    "megatron.core.optimizer.distrib_optimizer": {
+        "DistributedOptimizer": (),
+        # Used to create a fresh optimizer's state before a checkpoint is loaded into it.
+        "DistributedOptimizer._init_optimizer_states_with_dummy_values": (),
     },
     "megatron.core.optimizer_param_scheduler": {
         "OptimizerParamScheduler": ("optimizer", "init_lr", "max_lr", "min_lr", "lr_warmup_steps", "lr_decay_steps",
@@ -123,10 +133,13 @@ def find_mismatches(required: dict[str, dict[str, tuple[str, ...]]] = REQUIRED) 
             problems.append(f"module {module_name} ({err})")
             continue
         for name, params in symbols.items():
-            if not hasattr(module, name):
+            obj = module
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+            if obj is None:
                 problems.append(f"{module_name}.{name}")
                 continue
-            missing = _missing_params(getattr(module, name), params)
+            missing = _missing_params(obj, params)
             if missing:
                 problems.append(f"{module_name}.{name}() parameter(s) {', '.join(missing)}")
     return problems

@@ -13,8 +13,8 @@ text is share-alike, so it is not committed, and the domain is skipped).
 Split: documents are ordered by a hash of ``--seed`` and their id; the first ones up to
 ``--max-bytes-per-domain`` are kept, the leading ``--valid-fraction`` of those bytes (at least one
 document) is validation, the rest train. ``--with-redundant`` adds a train-only ``redundant``
-domain: the First Folio versions of the plays in books/train (near-duplicates) and exact copies
-of some train documents of the other domains; nothing in it duplicates a validation document.
+domain: the First Folio versions of the plays in books/train (near-duplicates) and 20 exact copies
+each of a few train documents of the other domains; nothing in it duplicates a validation document.
 A second run with the same settings reuses the output (``corpus.json`` records them), unless a
 domain fell back to its fixture, so that a later run with the network gets the real text.
 """
@@ -38,11 +38,15 @@ from tools.corpus_sources import Archive, Document
 DOMAINS = ("wiki", "books", "speeches", "code", "math")
 REDUNDANT = "redundant"
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "corpus")
-FORMAT_VERSION = 1  # bump when the readers or the split change, so cached corpora are rebuilt
+FORMAT_VERSION = 2  # bump when the readers or the split change, so cached corpora are rebuilt
 # Readers started first when domains are read in parallel (the slow ones: ast and markup parsing).
 SLOWEST_FIRST = ("math", "wiki")
-# Share of each other domain's train bytes copied verbatim into the redundant domain.
+# Bytes of exact copies in the redundant domain, as a share of each other domain's train bytes,
+# and how many copies each copied document gets: web crawls hold the same page many times over
+# (mirrors, syndication, templates), and a run that reads a small part of its corpus only sees
+# a duplicate again if it has many copies.
 EXACT_COPY_FRACTION = 0.1
+EXACT_COPIES = 20
 
 
 @dataclasses.dataclass
@@ -138,8 +142,12 @@ def hash_order(documents: Sequence[Document], seed: int) -> List[Document]:
     return sorted(documents, key=lambda d: hashlib.sha256(f"{seed}:{d.id}".encode("utf-8")).digest())
 
 
+def size(document: Document) -> int:
+    return len(document.text.encode("utf-8"))
+
+
 def text_bytes(documents: Sequence[Document]) -> int:
-    return sum(len(d.text.encode("utf-8")) for d in documents)
+    return sum(map(size, documents))
 
 
 def take_bytes(documents: Sequence[Document], max_bytes: Optional[int], minimum: int = 1) -> List[Document]:
@@ -170,15 +178,21 @@ def split_documents(documents: Sequence[Document], config: CorpusConfig) -> Tupl
 def redundant_documents(
     folio: Sequence[Document], train: Dict[str, List[Document]], config: CorpusConfig
 ) -> List[Document]:
-    """Folio versions of the plays in books/train plus exact copies of some train documents."""
+    """Folio versions of the plays in books/train plus many exact copies of a few train documents."""
     books_train = {d.id for d in train.get("books", [])}
     near = [Document(f"{REDUNDANT}/{d.id}", d.text) for d in folio if d.id.split("@")[0] in books_train]
     exact = []
     for domain, documents in sorted(train.items()):
         if domain != "books":
             budget = int(EXACT_COPY_FRACTION * text_bytes(documents))
-            copies = take_bytes(hash_order(documents, config.seed), budget)
-            exact += [Document(f"{REDUNDANT}/{d.id}@copy", d.text) for d in copies]
+            # Documents that fit their share of the budget (one long text would fill it alone);
+            # with none (small corpora), the shortest one as many times as the budget holds.
+            fitting = [d for d in hash_order(documents, config.seed) if size(d) <= budget // EXACT_COPIES]
+            chosen, copies = take_bytes(fitting, budget // EXACT_COPIES), EXACT_COPIES
+            if not chosen and documents:
+                chosen = [min(documents, key=lambda d: (size(d), d.id))]
+                copies = min(EXACT_COPIES, budget // size(chosen[0]))
+            exact += [Document(f"{REDUNDANT}/{d.id}@copy{k}", d.text) for d in chosen for k in range(copies)]
     return take_bytes(hash_order(near + exact, config.seed), config.max_bytes_per_domain)
 
 

@@ -88,6 +88,7 @@ rw_defaults() {
     : "${PP:=1}"
     : "${SEQUENCE_PARALLEL:=0}"             # 1: --sequence-parallel (TP > 1, needs Transformer Engine)
     : "${DISTRIBUTED_OPTIMIZER:=1}"
+    : "${OVERLAP_COMM:=1}"                  # 1: --overlap-grad-reduce (+ --overlap-param-gather with the distributed optimizer)
     : "${PRECISION:=bf16}"                  # bf16 | fp16 | fp32
     : "${LR:=3e-4}"
     : "${MIN_LR:=3e-5}"
@@ -199,6 +200,10 @@ rw_build_train_args() {
         *) rw_die "PRECISION must be bf16, fp16 or fp32, not '$PRECISION'" ;;
     esac
     [[ $DISTRIBUTED_OPTIMIZER == 1 ]] && RW_TRAIN_ARGS+=(--use-distributed-optimizer)
+    if [[ $OVERLAP_COMM == 1 ]]; then
+        RW_TRAIN_ARGS+=(--overlap-grad-reduce)
+        [[ $DISTRIBUTED_OPTIMIZER == 1 ]] && RW_TRAIN_ARGS+=(--overlap-param-gather)
+    fi
     [[ $SEQUENCE_PARALLEL == 1 ]] && RW_TRAIN_ARGS+=(--sequence-parallel)
     if [[ $MOCK_DATA == 1 ]]; then
         RW_TRAIN_ARGS+=(--mock-data)

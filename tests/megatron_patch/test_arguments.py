@@ -94,10 +94,17 @@ def test_llama3_style_upstream_arguments():
     # Llama 3 8B: 8,030,261,248 parameters.
     assert parameter_count(args) == llama_closed_form(32, 4096, 32, 8, 128, 14336, 128256) == 8_030_261_248
     assert set(no_effect_flags_given(args)) == {
-        "--use-mcore-models", "--manual-gc", "--fp8-param-gather", "--overlap-grad-reduce", "--overlap-param-gather",
+        "--use-mcore-models", "--manual-gc", "--fp8-param-gather",
         "--no-create-attention-mask-in-dataloader", "--no-mmap-bin-files", "--attention-backend",
-        "--empty-unused-memory-level", "--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
-        "--distributed-timeout-minutes"}
+        "--empty-unused-memory-level", "--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo"}
+    # Communication options megatron-core DDP takes are real flags, passed through.
+    assert args.overlap_grad_reduce and args.overlap_param_gather and args.distributed_timeout_minutes == 60
+
+
+def test_overlap_param_gather_needs_the_distributed_optimizer():
+    with pytest.raises(ArgumentError, match="--overlap-param-gather needs --use-distributed-optimizer"):
+        resolve(["--model", "tiny", "--mock-data", "--train-iters", "1", "--vocab-size", "100",
+                 "--overlap-param-gather"])
 
 
 @pytest.mark.parametrize("flags, named", [

@@ -12,6 +12,7 @@
 import math
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,10 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
     info = cluster.wait(job, 120, until=lambda i: i.get("Restarts") == "1" and i.get("JobState") == "PENDING"
                         or i.get("JobState") in ("COMPLETED", "FAILED"))
     assert info.get("Restarts") == "1" and info["JobState"] == "PENDING", (info, out.read_text())
-    # Slurm holds a requeued job for a while (Reason=BeginTime); release it now.
+    # Slurm holds a requeued job for a while (Reason=BeginTime); release it now, but not within the
+    # second of the requeue: slurmd compares credential times in whole seconds, and a relaunch in
+    # the same second is refused as "Job credential revoked" (the job then FAILS).
+    time.sleep(2)
     cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
     info = cluster.wait(job, 180)
     log = out.read_text()

@@ -1,6 +1,8 @@
 """tools.build_corpus and tools.prepare_data on the committed fixtures, with the network forbidden."""
 
+import collections
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from tools import build_corpus as corpus_module
-from tools.build_corpus import CorpusConfig, build_corpus, read_fixture
+from tools.build_corpus import EXACT_COPIES, CorpusConfig, build_corpus, read_fixture
 from tools.prepare_data import build_fixture_dataset, main
 
 
@@ -45,8 +47,16 @@ def test_redundant_domain_duplicates_train_documents_only(tmp_path):
     folio = {d.id: d.text for d in read_fixture("folio")}
     redundant = read_split(corpus, "redundant", "train")
     near = [d for d in redundant if d["id"].endswith("@folio")]
-    exact = [d for d in redundant if d["id"].endswith("@copy")]
+    exact = [d for d in redundant if re.search(r"@copy\d+$", d["id"])]
     assert len(near) + len(exact) == len(redundant) and near and exact
+    # Each copied document is there several times, within 10% of its domain's train bytes.
+    copies = collections.Counter(d["id"].rsplit("@", 1)[0] for d in exact)
+    assert 1 < min(copies.values()) and max(copies.values()) <= EXACT_COPIES
+    for name in ("speeches", "code", "math"):
+        train_bytes = sum(len(d["text"].encode()) for d in read_split(corpus, name, "train"))
+        copied = sum(len(d["text"].encode()) for d in exact if d["id"].startswith(f"redundant/{name}/"))
+        assert copied <= 0.1 * train_bytes
+    assert all(len({d["text"] for d in exact if d["id"].startswith(name + "@")}) == 1 for name in copies)
     assert {d["id"].removeprefix("redundant/").split("@")[0] for d in near} == books_train
     assert all(d["text"] == folio[d["id"].removeprefix("redundant/")] for d in near)
     assert all(d["text"] in train_texts for d in exact)
