@@ -19,24 +19,29 @@ class ReportAccumulator:
     """Sums report pairs over micro-batches and steps; reduces over DP on :meth:`pop`."""
 
     def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
+        # One [k, 2] block per set of keys: the key set changes only when reweighting turns on.
+        self.blocks: dict[tuple[str, ...], torch.Tensor] = {}
 
     def add(self, reports: list[dict]) -> None:
         for report in reports:
-            for key, pair in report.items():
-                pair = pair.detach().float().view(-1)
-                self.sums[key] = self.sums[key] + pair if key in self.sums else pair.clone()
+            keys = tuple(sorted(report))
+            block = torch.stack([report[k].detach().float().view(2) for k in keys])  # one op per report
+            self.blocks[keys] = self.blocks[keys] + block if keys in self.blocks else block
 
     def pop(self, dp_group) -> dict[str, tuple[float, float]]:
         """``{key: (sum, count)}`` over the interval and the DP group; resets the accumulator."""
-        if not self.sums:
+        if not self.blocks:
             return {}
-        keys = sorted(self.sums)
-        stacked = torch.stack([self.sums[k] for k in keys])  # [k, 2]
+        sums: dict[str, torch.Tensor] = {}
+        for keys, block in self.blocks.items():
+            for key, pair in zip(keys, block.unbind(0)):
+                sums[key] = sums[key] + pair if key in sums else pair
+        keys = sorted(sums)
+        stacked = torch.stack([sums[k] for k in keys])  # [k, 2]
         # Non-finite values stay visible: inf is "r of a uniform warm-up", NaN a diverged loss.
         torch.distributed.all_reduce(stacked, group=dp_group)
         values = stacked.tolist()
-        self.sums = {}
+        self.blocks = {}
         return {k: tuple(v) for k, v in zip(keys, values)}
 
 

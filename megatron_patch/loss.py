@@ -204,10 +204,13 @@ def _domain_report(losses, counts, domain_ids, num_domains) -> dict[str, torch.T
     dom_sum = sums.new_zeros(num_domains).index_add(0, ids, sums)
     dom_count = counts.new_zeros(num_domains).index_add(0, ids, counts)
     total = counts.sum()
+    # Rows of two [D, 2] blocks: a few ops instead of several per domain.
+    loss_pairs = torch.stack([dom_sum, dom_count], dim=1).detach().float()
+    share_pairs = torch.stack([dom_count, total.expand(num_domains)], dim=1).detach().float()
     report = {}
-    for d in range(num_domains):
-        report[f"domain {d} loss"] = _pair(dom_sum[d], dom_count[d], losses.device)
-        report[f"domain {d} token_share"] = _pair(dom_count[d], total, losses.device)
+    for d, (loss_pair, share_pair) in enumerate(zip(loss_pairs.unbind(0), share_pairs.unbind(0))):
+        report[f"domain {d} loss"] = loss_pair
+        report[f"domain {d} token_share"] = share_pair
     return report
 
 
@@ -282,15 +285,19 @@ def reweighted_loss(
     # The schedule divides by max(num_tokens, 1) and DDP averages over DP: undo both.
     loss = dp_size * num_tokens.clamp(min=1) * weighted
 
-    report["weighted loss"] = _pair(dp_size * weighted, 1, device)
-    report["reweight r"] = _pair(r, 1, device)
     stats = weight_stats(weights, group_losses, group_ids, num_domains)
     stats.pop("num_nonfinite")  # reported per rank above, so that it sums to the step's count
     group_mass = stats.pop("group_mass", None)
-    for name, value in stats.items():
-        report[name] = _pair(value, 1, device)
-    for d in range(num_domains if group_mass is not None else 0):
-        report[f"domain {d} weight_share"] = _pair(group_mass[d], 1, device)
+    # Every entry below counts 1: one [k, 2] block, its rows the pairs (a few ops, not 4 per entry).
+    names = ["weighted loss", "reweight r", *stats]
+    values = [(dp_size * weighted).detach().reshape(1), torch.full((1,), r, device=device),
+              torch.stack(list(stats.values()))]
+    if group_mass is not None:
+        names += [f"domain {d} weight_share" for d in range(num_domains)]
+        values.append(group_mass)
+    block = torch.cat(values).float()
+    block = torch.stack([block, torch.ones_like(block)], dim=1)
+    report.update(zip(names, block.unbind(0)))
     return loss, num_tokens, report
 
 

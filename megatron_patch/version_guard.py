@@ -87,6 +87,7 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
         "OptimizerConfig": ("optimizer", "lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
                             "clip_grad", "bf16", "fp16", "use_distributed_optimizer"),
         "get_megatron_optimizer": ("config", "model_chunks"),
+        "distrib_optimizer": (),
     },
     "megatron.core.optimizer.distrib_optimizer": {
         "DistributedOptimizer": (),
