@@ -116,8 +116,9 @@ def resolve_args(argv, family):
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     validate_args(args, world_size)
     if args.dry_run:
+        report = dry_run_report(args)  # first: a flag it refuses is the only output
         print(json.dumps(vars(args), indent=1, sort_keys=True, default=str))
-        print(dry_run_report(args))
+        print(report)
         return None, None, None, None
     reweight = ReweightConfig.from_args(args)
     check_reweighting_supported(reweight, context_parallel_size=args.context_parallel_size,

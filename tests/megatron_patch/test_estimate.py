@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import pretrain_gpt
 import pretrain_llama
 from megatron_patch.arguments import ArgumentError, parse_args, validate_args
 from megatron_patch.estimate import (
@@ -136,3 +137,13 @@ def test_bad_flag_exits_with_one_line(capsys):
         pretrain_llama.main(["--model", "llama-7b", "--dry-run", "--tensor-model-parallel-size", "3"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "--tensor-model-parallel-size 3" in err
+
+
+def test_dry_run_refusal_is_the_only_output(capsys):
+    # A shape without a vocabulary: the refusal, not the resolved arguments followed by it.
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_gpt.main(["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+                           "--seq-length", "32", "--mock-data", "--train-iters", "1", "--dry-run"])
+    out = capsys.readouterr()
+    assert exit_info.value.code == 2 and out.out == ""
+    assert out.err.count("\n") == 1 and "--vocab-size" in out.err
