@@ -23,7 +23,7 @@ class ReportAccumulator:
         self.blocks: dict[tuple[str, ...], torch.Tensor] = {}
 
     def add(self, reports: list[dict]) -> None:
-        for report in reports:
+        for report in filter(None, reports):  # a stage without the loss reports nothing
             keys = tuple(sorted(report))
             block = torch.stack([report[k].detach().float().view(2) for k in keys])  # one op per report
             self.blocks[keys] = self.blocks[keys] + block if keys in self.blocks else block
