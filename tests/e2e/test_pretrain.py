@@ -165,3 +165,22 @@ def test_overlapped_communication_matches_and_resumes_exactly(fixture_data, tmp_
                                    "--metrics-file", str(resumed / "m.jsonl")])
     again = [r for r in read_metrics(resumed / "m.jsonl") if r["kind"] == "train"]
     assert [(r["lm loss"], r["grad_norm"]) for r in again] == [(r["lm loss"], r["grad_norm"]) for r in train_b[2:]]
+
+
+def test_sbatch_default_optimizer_setup_in_bf16_resumes_exactly(fixture_data, tmp_path):
+    """bf16 + distributed optimizer + overlap (what the Llama sbatch scripts run): the fp32 main
+    weights and Adam state of every shard come back, so the run continues bit for bit."""
+    flags = [*TINY, *data_flags(fixture_data, valid=False), "--global-batch-size", "8", "--train-iters", "4",
+             "--bf16", "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
+             "--reweight-strategy", "linupper", "--reweight-r", "1", "--save-interval", "2"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    torchrun("pretrain_llama.py", [*flags, "--save", str(full), "--metrics-file", str(full / "m.jsonl")])
+    train = [r for r in read_metrics(full / "m.jsonl") if r["kind"] == "train"]
+    assert len(train) == 4 and all(_finite(r["lm loss"]) for r in train)
+    resumed.mkdir()
+    shutil.copytree(full / "iter_0000002", resumed / "iter_0000002")
+    (resumed / "latest_checkpointed_iteration.txt").write_text("2")
+    torchrun("pretrain_llama.py", [*flags, "--save", str(resumed), "--load", str(resumed),
+                                   "--metrics-file", str(resumed / "m.jsonl")])
+    again = [r for r in read_metrics(resumed / "m.jsonl") if r["kind"] == "train"]
+    assert [(r["lm loss"], r["grad_norm"]) for r in again] == [(r["lm loss"], r["grad_norm"]) for r in train[2:]]
