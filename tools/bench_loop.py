@@ -19,12 +19,11 @@ import functools
 import itertools
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 
-from tools.benchlib import interleave, machine, round_ratios, spread, steady_ms_per_iter, synthetic_batch
+from tools.benchlib import interleave, machine, report_ratio, split_extra, steady_ms_per_iter, synthetic_batch
 from tools.benchlib import torchrun, train_records
 
 TARGET = 0.97
@@ -122,19 +121,15 @@ def _tokens_per_step(extra: list[str], nproc: int) -> int:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own, extra = split_extra(argv)
+    args = parse_args(own)
     if args.bare:
         return bare_loop(extra, args.log_interval, args.bare_out)
     args.tokens_per_step = _tokens_per_step(extra, args.nproc)
     print(f"machine: {machine()}")
     results = interleave(["ours", "bare"], args.rounds, lambda v: run_variant(v, args, extra))
-    ratios = round_ratios(results, "ours", "bare")
-    ratio = statistics.median(ratios)
-    print(f"tokens/s ours: {spread(results['ours'])}, bare: {spread(results['bare'])}")
-    print(f"loop efficiency (ours / bare tokens/s, median [min, max] of {args.rounds} rounds): {spread(ratios)}; "
-          f"target >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'}")
-    return ratio
+    return report_ratio(results, "ours", "bare", what="loop efficiency", unit="tokens/s", target=TARGET,
+                        at_most=False)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ rounds of the per-round ratio. Target: <= 1.01. Flags after ``--`` go to the ent
 """
 
 import argparse
-import statistics
 import sys
 import tempfile
 
-from tools.benchlib import interleave, machine, round_ratios, spread, steady_ms_per_iter, torchrun, train_records
+from tools.benchlib import (interleave, machine, report_ratio, split_extra, steady_ms_per_iter, torchrun,
+                            train_records)
 
 TARGET = 1.01
 BASE_FLAGS = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "8192",
@@ -46,16 +46,12 @@ def parse_args(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own, extra = split_extra(argv)
+    args = parse_args(own)
     print(f"machine: {machine()}")
     results = interleave([args.strategy, "uniform"], args.rounds, lambda s: run_entry_point(s, args, extra))
-    ratios = round_ratios(results, args.strategy, "uniform")
-    ratio = statistics.median(ratios)
-    print(f"ms/step {args.strategy}: {spread(results[args.strategy])}, uniform: {spread(results['uniform'])}")
-    print(f"reweighting overhead ({args.strategy} / uniform step time, median [min, max] of {args.rounds} rounds): "
-          f"{spread(ratios)}; target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'}")
-    return ratio
+    return report_ratio(results, args.strategy, "uniform", what="reweighting overhead", unit="ms/step",
+                        target=TARGET, at_most=True)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ import argparse
 import glob
 import json
 import os
-import statistics
 import tempfile
 import time
 
 import sentencepiece as spm
 
-from tools.benchlib import ROOT, interleave, machine, round_ratios, spread
+from tools.benchlib import ROOT, interleave, machine, report_ratio
 from tools.preprocess_data import preprocess_jsonl
 
 TARGET = 0.8
@@ -102,12 +101,8 @@ def main(argv=None):
         results = interleave(["preprocess", "raw"], args.rounds, run)
     if counts["preprocess"] != counts["raw"]:
         raise SystemExit(f"token counts differ: preprocess {counts['preprocess']}, raw {counts['raw']}")
-    ratios = round_ratios(results, "preprocess", "raw")
-    ratio = statistics.median(ratios)
-    print(f"tokens/s preprocess: {spread(results['preprocess'])}, raw: {spread(results['raw'])}")
-    print(f"preprocessing throughput (preprocess / raw tokens/s, median [min, max] of {args.rounds} rounds): "
-          f"{spread(ratios)}; target >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'}")
-    return ratio
+    return report_ratio(results, "preprocess", "raw", what="preprocessing throughput", unit="tokens/s",
+                        target=TARGET, at_most=False)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from megatron_patch.presets import PRESETS
 from megatron_patch.training import StepInfo, build_model_and_optimizer, train_step
 from pretrain_gpt import forward_step
 from reweighting import TemperatureSchedule
-from tools.benchlib import free_port, machine, synthetic_batch
+from tools.benchlib import free_port, machine, split_extra, synthetic_batch
 
 DEFAULT_VOCAB = 8192  # for presets without a vocabulary (tiny, gpt2-mini): the size of our tokenizer
 # Substrings of torch.cuda.get_device_name() -> the key of megatron_patch.estimate.PEAK_TFLOPS.
@@ -199,8 +199,8 @@ def parse_args(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own, extra = split_extra(argv)
+    args = parse_args(own)
     if "WORLD_SIZE" not in os.environ:  # plain `python -m`: a one-process group
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))

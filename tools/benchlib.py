@@ -59,6 +59,27 @@ def round_ratios(results: Dict[str, List[float]], numerator: str, denominator: s
     return [a / b for a, b in zip(results[numerator], results[denominator])]
 
 
+def split_extra(argv: Sequence[str]) -> tuple:
+    """``(own flags, training flags)``: what comes after ``--`` goes to the benchmarked runs."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
+def report_ratio(results: Dict[str, List[float]], numerator: str, denominator: str, *, what: str, unit: str,
+                 target: float, at_most: bool) -> float:
+    """Print both variants' spreads and the median round ratio against its target; returns that median."""
+    ratios = round_ratios(results, numerator, denominator)
+    ratio = statistics.median(ratios)
+    met = ratio <= target if at_most else ratio >= target
+    print(f"{unit} {numerator}: {spread(results[numerator])}, {denominator}: {spread(results[denominator])}")
+    print(f"{what} ({numerator} / {denominator} {unit}, median [min, max] of {len(ratios)} rounds): "
+          f"{spread(ratios)}; target {'<=' if at_most else '>='} {target}: {'met' if met else 'NOT met'}")
+    return ratio
+
+
 def spread(values: Sequence[float]) -> str:
     """``median [min, max]`` with 4 significant digits."""
     return f"{statistics.median(values):.4g} [{min(values):.4g}, {max(values):.4g}]"
