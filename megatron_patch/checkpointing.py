@@ -143,12 +143,11 @@ def _give_optimizer_state(optimizer) -> None:
     Megatron-FSDP) creates the state; every value it touches is then overwritten by the load.
     """
     from megatron.core.optimizer import distrib_optimizer
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     if getattr(distrib_optimizer, "HAVE_APEX_OR_TE", False):  # their Adam keeps step in the groups
         return
     for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if isinstance(sub, DistributedOptimizer) and not sub.optimizer.state:
+        if isinstance(sub, distrib_optimizer.DistributedOptimizer) and not sub.optimizer.state:
             sub._init_optimizer_states_with_dummy_values()
 
 

@@ -29,6 +29,14 @@ def console_fields(stdout: str) -> list[dict]:
     return rows
 
 
+def checkpoint_copy(src, iteration: int, dst):
+    """``dst`` holding only ``src``'s checkpoint of ``iteration``, marked latest: a run to resume."""
+    dst.mkdir()
+    name = f"iter_{iteration:07d}"
+    shutil.copytree(src / name, dst / name)
+    (dst / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+
+
 NUMERIC = ("consumed samples", "elapsed time per iteration (ms)", "tokens/s", "learning rate", "lm loss",
            "weighted loss", "grad norm", "number of skipped iterations", "number of nan iterations")
 
@@ -67,9 +75,7 @@ def test_llama_linupper_run_then_exact_resume(fixture_data, tmp_path):
     assert run["layout"]["dp"] == 2 and run["versions"]["megatron-core"] == "0.16.1"
 
     # Resume from iteration 3: the losses of iterations 4-6 equal the uninterrupted run's, bit for bit.
-    resumed.mkdir()
-    shutil.copytree(full / "iter_0000003", resumed / "iter_0000003")
-    (resumed / "latest_checkpointed_iteration.txt").write_text("3")
+    checkpoint_copy(full, 3, resumed)
     out = torchrun("pretrain_llama.py", [*flags, "--save", str(resumed), "--load", str(resumed),
                                          "--metrics-file", str(resumed / "m.jsonl")])
     assert re.search(r"resumed from .* at iteration 3 \(24 samples consumed: books \d+, speeches \d+, code \d+, "
@@ -115,9 +121,7 @@ def test_gpt_tensor_parallel_uniform_with_dropout_resumes_exactly(fixture_data, 
     assert "leaves no validation document in" in out.stdout and "no validation set for books" in out.stdout
 
     # Dropout under TP draws from the RNG tracker and the default generator: both are restored.
-    resumed.mkdir()
-    shutil.copytree(full / "iter_0000002", resumed / "iter_0000002")
-    (resumed / "latest_checkpointed_iteration.txt").write_text("2")
+    checkpoint_copy(full, 2, resumed)
     torchrun("pretrain_gpt.py", [*flags, "--save", str(resumed), "--load", str(resumed),
                                  "--metrics-file", str(resumed / "m.jsonl")])
     again = read_metrics(resumed / "m.jsonl")
@@ -158,9 +162,7 @@ def test_overlapped_communication_matches_and_resumes_exactly(fixture_data, tmp_
                 assert math.isclose(ra[key], rb[key], rel_tol=1e-5), (key, ra, rb)
 
     # A checkpoint saved under overlap resumes bit for bit (it holds every shard's update).
-    resumed.mkdir()
-    shutil.copytree(over / "iter_0000002", resumed / "iter_0000002")
-    (resumed / "latest_checkpointed_iteration.txt").write_text("2")
+    checkpoint_copy(over, 2, resumed)
     torchrun("pretrain_llama.py", [*flags, *overlap, "--save", str(resumed), "--load", str(resumed),
                                    "--metrics-file", str(resumed / "m.jsonl")])
     again = [r for r in read_metrics(resumed / "m.jsonl") if r["kind"] == "train"]
@@ -177,9 +179,7 @@ def test_sbatch_default_optimizer_setup_in_bf16_resumes_exactly(fixture_data, tm
     torchrun("pretrain_llama.py", [*flags, "--save", str(full), "--metrics-file", str(full / "m.jsonl")])
     train = [r for r in read_metrics(full / "m.jsonl") if r["kind"] == "train"]
     assert len(train) == 4 and all(_finite(r["lm loss"]) for r in train)
-    resumed.mkdir()
-    shutil.copytree(full / "iter_0000002", resumed / "iter_0000002")
-    (resumed / "latest_checkpointed_iteration.txt").write_text("2")
+    checkpoint_copy(full, 2, resumed)
     torchrun("pretrain_llama.py", [*flags, "--save", str(resumed), "--load", str(resumed),
                                    "--metrics-file", str(resumed / "m.jsonl")])
     again = [r for r in read_metrics(resumed / "m.jsonl") if r["kind"] == "train"]
