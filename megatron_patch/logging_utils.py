@@ -177,3 +177,10 @@ def _json_safe(value):
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def read_metrics(path: str, kind: str | None = None) -> list[dict]:
+    """The records of a metrics file (JSON lines), or only those of ``kind`` (train, valid, group)."""
+    with open(path) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
