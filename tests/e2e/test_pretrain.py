@@ -6,7 +6,8 @@ import os
 import re
 import shutil
 
-from e2e_support import TINY, data_flags, read_metrics, torchrun
+from megatron_patch.logging_utils import read_metrics
+from tests.helpers.e2e import TINY, data_flags, torchrun
 
 
 def _finite(x) -> bool:
@@ -61,7 +62,13 @@ def test_llama_linupper_run_then_exact_resume(fixture_data, tmp_path):
     assert all(_finite(r["lm loss"]) and _finite(r["grad_norm"]) for r in train)
     # Uniform warm-up for 2 iterations (no r, no weights), then r = 0.5 with weight statistics.
     assert [r["reweight r"] for r in train] == [None, None, 0.5, 0.5, 0.5, 0.5]
-    assert "ess" not in train[0] and all(0 < r["ess"] <= 1 for r in train[2:])
+    assert "ess" not in train[0]
+    # linupper scores lie in [0, delta] and the group (micro batch 2 x DP 2) has 4 samples, so a weight
+    # is at most exp(delta/r) times another: N max(w) <= 4 e^2 / (e^2 + 3), and ESS/N >= 1 / (N max(w)).
+    bound = 4 * math.exp(2) / (math.exp(2) + 3)
+    for r in train[2:]:
+        assert 1 <= r["max_weight"] <= bound * (1 + 1e-6), r
+        assert 1 / r["max_weight"] <= r["ess"] * (1 + 1e-6) <= 1 + 1e-6, r
     domains = train[-1]["domains"]
     assert set(domains) == {"books", "speeches", "code", "math", "redundant"}
     assert abs(sum(d["weight_share"] for d in domains.values()) - 1) < 1e-5
@@ -135,8 +142,17 @@ def test_llama_pipeline_parallel_with_distributed_optimizer(fixture_data, tmp_pa
                                    "--global-batch-size", "4", "--train-iters", "3", "--use-distributed-optimizer",
                                    "--reweight-strategy", "quadratic", "--save", str(tmp_path / "ck"),
                                    "--metrics-file", str(tmp_path / "m.jsonl")])
-    train = [r for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "train"]
-    assert len(train) == 3 and all(_finite(r["lm loss"]) and _finite(r["ess"]) for r in train)
+    records = read_metrics(tmp_path / "m.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 3 and all(_finite(r["lm loss"]) for r in train)
+    # The group is micro batch 2 x DP 1: quadratic scores its two samples 1 - h^2 with h = -1 and
+    # +1 (or 0 and 0 for equal losses), the same score, so the weights are exactly uniform.
+    for r in train:
+        assert (r["ess"], r["max_weight"], r["min_weight"], r["low_loss_mass"]) == (1.0, 1.0, 1.0, 0.5), r
+        assert math.isclose(r["entropy"], math.log(2), rel_tol=1e-6)
+        assert math.isclose(r["weighted loss"], r["lm loss"], rel_tol=1e-6), r
+    groups = [r for r in records if r["kind"] == "group"]
+    assert [len(g["losses"]) for g in groups] == [2, 2, 2] and all(g["strategy"] == "quadratic" for g in groups)
     assert os.path.isdir(tmp_path / "ck" / "iter_0000003")
 
 

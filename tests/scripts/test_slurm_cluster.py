@@ -1,4 +1,4 @@
-"""The sbatch scripts on a real Slurm (one node, localhost; see slurm_cluster.py).
+"""The sbatch scripts on a real Slurm (one node, localhost; see tests/helpers/slurm_cluster.py).
 
 1. The real Llama 1.4B script, made a tiny CPU run by environment overrides (tiny preset, 2
    torchrun processes with gloo, a few iterations, a temporary indexed dataset): the job
@@ -6,7 +6,7 @@
 2. Preemption: the sbatch shell gets the time-limit warning (USR1, as `--signal=B:USR1@...`
    sends it); the training processes checkpoint and exit 0, the job requeues itself, and the
    second run resumes from the checkpoint and completes. The plumbing is exercised with
-   fake_trainer.py (same launch path, same flags) so that it takes seconds.
+   tests/helpers/fake_trainer.py (same launch path, same flags) so that it takes seconds.
 """
 
 import math
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import LocalSlurm
+from tests.helpers.slurm_cluster import LocalSlurm
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA_1_4B = REPO / "scripts" / "slurm" / "llama-1.4b.sbatch"
@@ -38,7 +38,7 @@ def _job_env(run_dir: Path, **extra) -> dict:
 
 def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
     out = tmp_path / "job.out"
-    env = _job_env(tmp_path / "run", ENTRY="tests/scripts/fake_trainer.py", MOCK_DATA=1, TRAIN_ITERS=12,
+    env = _job_env(tmp_path / "run", ENTRY="tests/helpers/fake_trainer.py", MOCK_DATA=1, TRAIN_ITERS=12,
                    FAKE_ITER_S=0.4)
     job = cluster.sbatch(LLAMA_1_4B, sbatch_opts=["--nodes=1", f"--output={out}"], env=env)
     cluster.wait(job, 120, until=lambda i: out.exists() and "iteration 2/12" in out.read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import ensure_shellcheck
+from tests.helpers.slurm_cluster import ensure_shellcheck
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO / "scripts" / "slurm"

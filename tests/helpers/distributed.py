@@ -1,6 +1,7 @@
 """Run a test function in N real processes with a process group and megatron's parallel state.
 
-Usage (the ``run_distributed`` fixture of ``tests/conftest.py`` hands out :func:`run_distributed`)::
+Usage (the ``run_distributed`` fixture of ``tests/conftest.py`` hands out :func:`run_distributed`;
+``from tests.helpers.distributed import rank_device`` in the function's module)::
 
     def check(dp_size):            # runs in every rank, after initialize_model_parallel
         ...
@@ -20,7 +21,6 @@ import datetime
 import os
 import queue as queue_lib
 import signal
-import socket
 import traceback
 
 import pytest
@@ -28,12 +28,7 @@ import torch
 import torch.multiprocessing as mp
 from multiprocessing.reduction import ForkingPickler
 
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from megatron_patch.launch import free_port
 
 
 def rank_device() -> torch.device:
