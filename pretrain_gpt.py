@@ -6,7 +6,8 @@
 Shaped like Megatron-LM's pretrain_gpt.py: a model provider, a datasets provider, a forward
 step, one ``pretrain(...)`` call. Without a ``--model`` preset the GPT-2 layout applies
 (LayerNorm, GELU, learned positions, tied embeddings); ``pretrain_llama.py`` runs the same
-steps with the Llama layout.
+steps with the Llama layout. Without torchrun (``python pretrain_gpt.py ...``) it trains as one
+process.
 """
 
 from megatron_patch.version_guard import require_megatron_core
@@ -16,7 +17,6 @@ from megatron_patch.version_guard import require_megatron_core
 require_megatron_core()
 
 import torch  # noqa: E402
-from megatron.core import parallel_state as ps  # noqa: E402
 
 from megatron_patch.data import build_datasets  # noqa: E402
 from megatron_patch.model import gpt_model_provider  # noqa: E402
@@ -25,32 +25,32 @@ from megatron_patch.training import pretrain  # noqa: E402
 FAMILY = "gpt"
 
 
-def model_provider(args, pre_process=True, post_process=True):
+def model_provider(config, pre_process=True, post_process=True):
     """This rank's part of the model (its TP shard and PP stage)."""
-    return gpt_model_provider(args, pre_process=pre_process, post_process=post_process)
+    return gpt_model_provider(config, pre_process=pre_process, post_process=post_process)
 
 
-def datasets_provider(args, tokenizer):
+def datasets_provider(config, tokenizer):
     """Training blend and fixed per-domain validation sets (built on every rank)."""
-    return build_datasets(args, tokenizer, is_built_on_rank=lambda: True)
+    return build_datasets(config, tokenizer)
 
 
-def forward_step(data_iterator, model, step):
-    """One micro-batch: per-token losses [b, s] and the (reweighted) loss function."""
+def get_batch(data_iterator) -> dict:
+    """The next micro-batch on this rank's device: tokens, labels, loss_mask, position_ids [b, s]."""
     batch = next(data_iterator)
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    tokens = batch["tokens"].to(device)
-    labels = batch["labels"].to(device)
-    loss_mask = batch["loss_mask"].to(device)
-    position_ids = batch["position_ids"].to(device)
-    domain_ids = batch.get("dataset_id")
-    if domain_ids is not None:
-        domain_ids = domain_ids.to(device)
-    output_tensor = model(tokens, position_ids, None, labels=labels)
-    if ps.is_pipeline_last_stage() and output_tensor.shape != labels.shape:
-        raise RuntimeError(f"the model returned {tuple(output_tensor.shape)}, not per-token losses "
-                           f"{tuple(labels.shape)}; reweighting needs per-token losses")
-    return output_tensor, step.loss_func(loss_mask, domain_ids)
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def forward_step(data_iterator, model, *, loss):
+    """One micro-batch: GPTModel's per-token losses [b, s] and the micro-batch's ``loss_func``.
+
+    ``loss`` is the run's :class:`megatron_patch.loss.SampleLoss`; the loop binds it, so the
+    schedule sees Megatron-LM's ``forward_step(data_iterator, model)``.
+    """
+    batch = get_batch(data_iterator)
+    output_tensor = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    return output_tensor, loss.loss_func(batch["loss_mask"], batch.get("dataset_id"))
 
 
 def main(argv=None, family=FAMILY):

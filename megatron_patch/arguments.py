@@ -1,23 +1,36 @@
-"""Command-line flags with Megatron-LM's names and meanings, presets, and validation.
+"""Command-line flags with Megatron-LM's names and meanings, resolved once into a :class:`RunConfig`.
 
 Values resolve in this order: an explicit flag, else the ``--model`` preset, else the family
 default (llama or gpt), else the flag's default. Flags that only tune kernels on hardware we do
 not have are accepted and reported once as having no effect; any other unknown flag is an error.
-:func:`validate_args` derives the layout (data-parallel size, micro-batches per step, padded
-vocabulary) and raises :class:`ArgumentError` with one line naming the flag and what to change.
+:func:`resolve_config` checks the flags against each other and the world size, derives the layout
+(data-parallel size, micro-batches per step, padded vocabulary) and freezes the sections; every
+refusal is one :class:`ArgumentError` line naming the flag and what to change.
 """
 
 import argparse
 import math
 import os
 
-from .health import add_weight_health_args
-from .loss import add_reweight_args
+from .config import (CheckpointConfig, DataConfig, LoggingConfig, ModelConfig, ParallelConfig, RunConfig,
+                     TrainingConfig, add_flags, build_section)
+from .errors import ArgumentError
+from .health import WeightHealthConfig
+from .loss import ReweightConfig, check_reweighting_supported
 from .presets import FAMILY_DEFAULTS, PRESETS
+from .tokenizer import build_tokenizer
 
-
-class ArgumentError(ValueError):
-    """A bad flag value or combination; the message names the flag and what to change."""
+# RunConfig field -> (section, argparse group title).
+SECTIONS = {
+    "model": (ModelConfig, "model"),
+    "parallel": (ParallelConfig, "parallelism"),
+    "data": (DataConfig, "data"),
+    "training": (TrainingConfig, "training"),
+    "checkpoint": (CheckpointConfig, "checkpoints"),
+    "logging": (LoggingConfig, "logging"),
+    "reweight": (ReweightConfig, "reweighting: online loss-based per-sample reweighting (Sow et al.)"),
+    "health": (WeightHealthConfig, "weight health: warn when the reweighting collapses onto few samples"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,129 +91,12 @@ _MODEL_DEFAULTS = dict(
 )
 
 
-def _model_args(p):
-    g = p.add_argument_group("model")
-    g.add_argument("--model", choices=sorted(PRESETS), help="shape preset; explicit flags override it")
-    for flag in ("num-layers", "hidden-size", "num-attention-heads", "ffn-hidden-size", "seq-length",
-                 "max-position-embeddings", "vocab-size", "kv-channels", "num-query-groups"):
-        g.add_argument(f"--{flag}", type=int, default=None)
-    g.add_argument("--group-query-attention", action="store_true",
-                   help="use --num-query-groups key/value heads (default 1, as in Megatron-LM)")
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    g.add_argument("--normalization", choices=("LayerNorm", "RMSNorm"), default=None)
-    g.add_argument("--norm-epsilon", type=float, default=None)
-    g.add_argument("--swiglu", action="store_true", default=None)
-    g.add_argument("--position-embedding-type", choices=("learned_absolute", "rope"), default=None)
-    g.add_argument("--no-position-embedding", action="store_true",
-                   help="Megatron-LM's older spelling of 'no learned positions'; valid with rope only")
-    g.add_argument("--rotary-base", type=int, default=None)
-    g.add_argument("--rotary-percent", type=float, default=None)
-    g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None)
-    g.add_argument("--disable-bias-linear", action="store_true", default=None)
-    g.add_argument("--apply-layernorm-1p", action="store_true",
-                   help="norm weights stored as (gamma - 1), initialised at 0 (needs Transformer Engine)")
-    g.add_argument("--cross-entropy-loss-fusion", action="store_true",
-                   help="fused cross entropy (still per token; checked at start-up)")
-    g.add_argument("--cross-entropy-fusion-impl", choices=("native", "te"), default="native")
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--transformer-impl", choices=("transformer_engine", "local"), default="transformer_engine",
-                   help="layer spec: Transformer Engine's when it imports (else megatron-core's local one), or local")
-    g.add_argument("--hidden-dropout", type=float, default=None)
-    g.add_argument("--attention-dropout", type=float, default=None)
-
-
-def _training_args(p):
-    g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=1)
-    g.add_argument("--global-batch-size", type=int, default=None, help="default: micro batch x DP")
-    g.add_argument("--train-iters", type=int, default=None)
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--min-lr", type=float, default=0.0)
-    g.add_argument("--lr-decay-style", choices=("constant", "linear", "cosine"), default="cosine")
-    g.add_argument("--lr-warmup-iters", type=int, default=0)
-    g.add_argument("--lr-warmup-fraction", type=float, default=None,
-                   help="warm up over this fraction of --lr-decay-iters (instead of --lr-warmup-iters)")
-    g.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--clip-grad", type=float, default=1.0)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--optimizer", choices=("adam",), default="adam", help="Adam with decoupled weight decay")
-    g.add_argument("--bf16", action="store_true")
-    g.add_argument("--fp16", action="store_true")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--calculate-per-token-loss", action="store_true")
-    g.add_argument("--exit-interval", type=int, default=None)
-    g.add_argument("--exit-duration-in-mins", type=float, default=None)
-    g.add_argument("--exit-signal-handler", action="store_true")
-
-
-def _parallel_args(p):
-    g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    g.add_argument("--context-parallel-size", type=int, default=1)
-    g.add_argument("--sequence-parallel", action="store_true")
-    g.add_argument("--use-distributed-optimizer", action="store_true")
-    # megatron-core DDP's communication options, as upstream names them.
-    g.add_argument("--overlap-grad-reduce", action="store_true",
-                   help="reduce gradient buckets while the backward pass runs")
-    g.add_argument("--overlap-param-gather", action="store_true",
-                   help="gather updated parameters during the next forward pass (needs --use-distributed-optimizer)")
-    g.add_argument("--ddp-bucket-size", type=int, default=None,
-                   help="parameters per gradient bucket with --overlap-grad-reduce (megatron-core's default if unset)")
-    g.add_argument("--distributed-timeout-minutes", type=float, default=10,
-                   help="timeout of collectives before a hung rank fails the job")
-
-
-def _data_args(p):
-    g = p.add_argument_group("data")
-    g.add_argument("--data-path", "--train-data-path", dest="data_path", nargs="*", default=None,
-                   help="[weight] prefix [weight prefix ...]; weights are sampling probabilities. Split by "
-                        "--split unless --valid-data-path is given (then all of it trains)")
-    g.add_argument("--valid-data-path", nargs="*", default=None,
-                   help="validation prefixes, one set per domain, independent of the training weights")
-    g.add_argument("--split", default="969,30,1")
-    g.add_argument("--mock-data", action="store_true")
-    g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
-                   choices=("SentencePieceTokenizer", "NullTokenizer"))
-    g.add_argument("--tokenizer-model", default=None)
-    g.add_argument("--data-cache-path", default=None)
-    g.add_argument("--num-workers", type=int, default=0)
-
-
-def _io_args(p):
-    g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--save", default=None)
-    g.add_argument("--load", default=None)
-    g.add_argument("--save-interval", type=int, default=None)
-    g.add_argument("--no-load-optim", action="store_true")
-    g.add_argument("--no-load-rng", action="store_true")
-    g.add_argument("--ckpt-format", choices=("torch_dist",), default="torch_dist",
-                   help="megatron-core dist_checkpointing, the only format here")
-    g.add_argument("--override-data-blend", action="store_true",
-                   help="allow --load with a data blend that differs from the checkpoint's")
-    g.add_argument("--eval-interval", type=int, default=1000)
-    g.add_argument("--eval-iters", type=int, default=10)
-    g.add_argument("--log-interval", type=int, default=100)
-    g.add_argument("--tensorboard-dir", default=None)
-    g.add_argument("--wandb-project", default=None)
-    g.add_argument("--wandb-exp-name", default=None)
-    g.add_argument("--metrics-file", default=None, help="JSON lines of the logged metrics (docs/architecture.md)")
-    g.add_argument("--dry-run", action="store_true",
-                   help="print the resolved arguments, parameter count, tokens per step and memory per GPU, then exit")
-
-
 def build_parser(family: str) -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=f"pretrain_{family}.py", allow_abbrev=False,
-        description="megatron-core pretraining with online loss-based sample reweighting",
-    )
-    for add in (_model_args, _training_args, _parallel_args, _data_args, _io_args):
-        add(p)
-    add_reweight_args(p)
-    add_weight_health_args(p)
+    """Every flag: one argparse group per config section, plus the accepted no-effect flags."""
+    p = _Parser(prog=f"pretrain_{family}.py", allow_abbrev=False,
+                description="megatron-core pretraining with online loss-based sample reweighting")
+    for cls, title in SECTIONS.values():
+        add_flags(p, cls, title)
     g = p.add_argument_group("accepted for Megatron-LM compatibility, no effect here")
     for flag in NO_EFFECT_FLAGS:
         g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
@@ -209,20 +105,20 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     return p
 
 
-def no_effect_flags_given(args) -> list[str]:
-    """The accepted-but-inert flags the user passed (to log once), incl. ``--sequence-parallel`` without TP."""
-    given = list(getattr(args, "ignored_flags", []))
-    given += [f for f in NO_EFFECT_FLAGS if getattr(args, f[2:].replace("-", "_"))]
-    given += [f for f in NO_EFFECT_VALUED_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
-    return given
+def no_effect_flags_given(argv, config: RunConfig) -> list[str]:
+    """The accepted-but-inert flags in ``argv`` (to log once), incl. ``--sequence-parallel`` without TP."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    inert = [f for f in (*NO_EFFECT_FLAGS, *NO_EFFECT_VALUED_FLAGS) if f in given]
+    if "--sequence-parallel" in given and not config.parallel.sequence_parallel:
+        inert.append("--sequence-parallel")
+    return inert
 
 
 def parse_args(argv=None, *, family: str = "llama") -> argparse.Namespace:
-    """Parse ``argv`` and resolve presets and family defaults (no validation of the layout)."""
+    """Parse ``argv`` and fill in presets and family defaults (the working namespace of resolution)."""
     if family not in FAMILY_DEFAULTS:
         raise ArgumentError(f"unknown model family {family!r}; use llama or gpt")
-    parser = build_parser(family)
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = build_parser(family).parse_known_args(argv)
     flags = [u.split("=")[0] for u in unknown if u.startswith("-")]
     if unknown:
         hints = "; ".join(f"{f}: {UNSUPPORTED_HINTS[f]}" for f in flags if f in UNSUPPORTED_HINTS)
@@ -258,22 +154,51 @@ def parse_args(argv=None, *, family: str = "llama") -> argparse.Namespace:
     return args
 
 
+def sections(args: argparse.Namespace) -> dict:
+    """The frozen sections of ``args`` (each refuses its out-of-range values, naming the flag)."""
+    return {name: build_section(cls, args) for name, (cls, _) in SECTIONS.items()}
+
+
+def resolve_config(argv=None, *, family: str = "llama", world_size: int = 1, with_tokenizer: bool = True):
+    """Flags -> ``(RunConfig, tokenizer)``: parsed, checked and derived once, then frozen.
+
+    The tokenizer is built (and its vocabulary sets the model's) unless ``--dry-run`` or
+    ``with_tokenizer`` is False; it is None then.
+    """
+    args = parse_args(argv, family=family)
+    sections(args)  # ranges first: the checks below may divide by a size
+    validate_args(args, world_size)
+    tokenizer = None
+    if with_tokenizer and not args.dry_run:
+        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+        if args.vocab_size is not None and tokenizer.vocab_size > args.vocab_size:
+            raise ArgumentError(f"--tokenizer-model has {tokenizer.vocab_size} tokens, more than --vocab-size "
+                                f"{args.vocab_size}; raise --vocab-size or drop it to take the tokenizer's")
+        args.vocab_size = args.vocab_size or tokenizer.vocab_size
+    if args.vocab_size is not None:
+        args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
+                                                   args.tensor_model_parallel_size)
+    config = RunConfig(**sections(args))
+    check_reweighting_supported(config.reweight, context_parallel_size=config.parallel.context_parallel_size,
+                                calculate_per_token_loss=config.training.calculate_per_token_loss)
+    return config, tokenizer
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ArgumentError(message)
 
 
-def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
+def validate_args(args: argparse.Namespace, world_size: int) -> None:
     """Check the flags against each other and the world size; derive the layout fields.
 
-    Sets ``data_parallel_size``, ``num_microbatches``, ``padded_vocab_size`` (when the vocabulary
-    is known), ``lr_decay_iters``. Raises :class:`ArgumentError`.
+    Sets ``world_size``, ``data_parallel_size``, ``global_batch_size`` (when not given),
+    ``num_microbatches``, ``lr_decay_iters``, ``lr_warmup_iters`` (from a fraction).
     """
     for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length"):
         _require(getattr(args, name) is not None,
                  f"--{name.replace('_', '-')} is not set; pass it or choose a --model preset ({', '.join(sorted(PRESETS))})")
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
-    _require(min(tp, pp, cp) >= 1, "--tensor/--pipeline-model-parallel-size and --context-parallel-size must be >= 1")
     # The forward step gives every rank whole sequences; context parallelism would need each CP
     # rank to get its slice of the sequence, so CP > 1 would silently train a different model.
     _require(cp == 1, f"--context-parallel-size {cp} is not supported (sequences are not split over ranks); "
@@ -281,7 +206,6 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     if args.sequence_parallel and tp == 1:
         # As Megatron-LM does: sequence parallelism splits TP regions, so without TP it is off.
         args.sequence_parallel = False
-        args.ignored_flags = [*getattr(args, "ignored_flags", []), "--sequence-parallel"]
     _require(world_size % (tp * pp * cp) == 0,
              f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
              f"--pipeline-model-parallel-size {pp} x --context-parallel-size {cp}; change them or the number of processes")
@@ -300,54 +224,59 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
                  f"--seq-length {args.seq_length} is above --max-position-embeddings {args.max_position_embeddings}; "
                  "raise --max-position-embeddings or shorten --seq-length")
     _require(not (args.bf16 and args.fp16), "--bf16 and --fp16 are exclusive; pass one")
-    _require(args.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
     _require(not args.overlap_param_gather or args.use_distributed_optimizer,
              "--overlap-param-gather needs --use-distributed-optimizer; add it or drop --overlap-param-gather")
-    _require(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1, "--ddp-bucket-size must be >= 1")
-    _require(args.distributed_timeout_minutes > 0, "--distributed-timeout-minutes must be > 0")
     dp = world_size // (tp * pp * cp)
-    args.data_parallel_size = dp
+    args.world_size, args.data_parallel_size = world_size, dp
     if args.global_batch_size is None:
         args.global_batch_size = args.micro_batch_size * dp
     _require(args.global_batch_size % (args.micro_batch_size * dp) == 0,
              f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
              f"{args.micro_batch_size} x data-parallel size {dp}; use a multiple of {args.micro_batch_size * dp}")
     args.num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
-    _require(args.train_iters is not None and args.train_iters > 0 or args.dry_run,
-             "--train-iters is not set; pass the number of optimizer steps")
+    _require(args.train_iters is not None or args.dry_run, "--train-iters is not set; pass the number of optimizer steps")
     args.lr_decay_iters = args.lr_decay_iters or args.train_iters
-    _require(args.lr_warmup_iters >= 0, "--lr-warmup-iters must be >= 0")
-    if args.lr_warmup_fraction is not None:
-        _require(0 <= args.lr_warmup_fraction < 1, f"--lr-warmup-fraction {args.lr_warmup_fraction} must be in [0, 1)")
+    if args.lr_warmup_fraction is not None and args.lr_decay_iters is not None:
         # Upstream's meaning, exactly: a fraction of the decay steps (it may end mid-iteration).
-        if args.lr_decay_iters is not None:
-            args.lr_warmup_iters = args.lr_warmup_fraction * args.lr_decay_iters
+        args.lr_warmup_iters = args.lr_warmup_fraction * args.lr_decay_iters
+    if args.lr_warmup_iters and args.lr_decay_iters is not None:
+        _require(args.lr_warmup_iters < args.lr_decay_iters,
+                 f"--lr-warmup-iters {args.lr_warmup_iters} is not below the decay's {args.lr_decay_iters} iterations "
+                 "(--lr-decay-iters, default --train-iters); shorten the warm-up")
     _require(args.min_lr <= args.lr, f"--min-lr {args.min_lr} is above --lr {args.lr}")
     split = split_fractions(args.split)
     # The training part of each prefix comes from --split unless --valid-data-path supplies the
     # validation sets; an empty training part would leave megatron-core's sampler looping forever.
     _require(split[0] > 0 or args.mock_data or args.valid_data_path,
              f"--split {args.split} gives no training part; put a positive first number (e.g. 969,30,1)")
-    for flag in ("log_interval", "eval_interval"):
-        _require(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")
     if args.save_interval is not None:
-        _require(args.save_interval >= 1, "--save-interval must be >= 1")
         _require(args.save is not None, "--save-interval needs --save DIR")
     if not args.dry_run and not args.mock_data:
         _require(bool(args.data_path), "--data-path is not set; pass [weight] prefix ... or --mock-data")
         _require(args.tokenizer_model is not None or args.tokenizer_type == "NullTokenizer",
                  "--tokenizer-model is not set; pass a SentencePiece .model file")
+    _check_paths(args)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Files and directories of the wrong kind, before anything starts (each names its flag)."""
     if args.tokenizer_model is not None:
-        _require(os.path.isfile(args.tokenizer_model),
-                 f"--tokenizer-model {args.tokenizer_model}: no such file")
-    if args.save is not None:
-        _check_writable(args.save)
-    if args.vocab_size is not None:
-        args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by, tp)
-    return args
+        _require(os.path.isfile(args.tokenizer_model), f"--tokenizer-model {args.tokenizer_model}: no such file")
+    for flag, path in (("--save", args.save), ("--load", args.load), ("--tensorboard-dir", args.tensorboard_dir),
+                       ("--data-cache-path", args.data_cache_path)):
+        _require(path is None or not os.path.exists(path) or os.path.isdir(path),
+                 f"{flag} {path}: is a file, not a directory; pass a directory")
+    if args.metrics_file is not None:
+        _require(not os.path.isdir(args.metrics_file),
+                 f"--metrics-file {args.metrics_file}: is a directory; pass a file path such as "
+                 f"{os.path.join(args.metrics_file, 'metrics.jsonl')}")
+    for flag, path in (("--save", args.save), ("--metrics-file", args.metrics_file and os.path.dirname(
+            os.path.abspath(args.metrics_file))), ("--tensorboard-dir", args.tensorboard_dir)):
+        if path is not None:
+            _check_writable(flag, path)
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(flag: str, path: str) -> None:
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(os.path.abspath(probe))
@@ -355,7 +284,7 @@ def _check_writable(path: str) -> None:
             break
         probe = parent
     _require(os.path.isdir(probe) and os.access(probe, os.W_OK),
-             f"--save {path}: {probe} is not a writable directory; choose a directory you can write")
+             f"{flag} {path}: {probe} is not a writable directory; choose a directory you can write")
 
 
 def split_fractions(split: str) -> list[float]:

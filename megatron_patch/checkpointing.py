@@ -7,23 +7,36 @@ Layout under ``--save``::
     iter_0000100/rng/rank_00003.pt     each rank's RNG states
     latest_checkpointed_iteration.txt  written last, atomically, after every rank finished
 
+``run.json`` beside them is the run record (every resolved setting, package versions, git commit,
+layout, seed), rewritten atomically at each start.
+
 Every rank writes into ``iter_0000100.partial/``; once all have finished, rank 0 renames it to
 ``iter_0000100/`` and then rewrites the marker. A save killed half way therefore leaves only a
 ``.partial`` directory (ignored at load, removed by the next save), and the marker still names the
 previous checkpoint; a save killed between the rename and the marker leaves a complete directory
 that the marker does not name yet (replaced when that iteration is saved again).
+
+Resuming (:func:`resume`) loads the latest checkpoint of ``--load`` and refuses one whose
+data-parallel size or data blend differs from this run's: a different DP size changes the
+reweighting group (micro batch x DP samples) and the data order, a different blend silently
+repeats or skips data (Megatron-LM issue 457). ``--override-data-blend`` accepts a new blend
+knowingly; the consumed samples are then counted against the new blend.
 """
 
 import dataclasses
+import importlib.metadata
 import os
 import random
 import shutil
+import subprocess
 
 import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 
-from .arguments import ArgumentError
+from .distributed import print_rank0
+from .errors import ArgumentError, one_line
+from .files import write_atomically, write_json_atomically
 
 MARKER = "latest_checkpointed_iteration.txt"
 PARTIAL = ".partial"  # suffix of a checkpoint directory still being written
@@ -86,31 +99,17 @@ def check_load_dir(load: str, save: str | None) -> None:
     _read_common(load, checkpoint_dir(load, iteration))
 
 
-def _one_line(err: Exception) -> str:
-    """An exception as one short line (error messages stay one line whatever a library raised)."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-
-
 def _read_common(root: str, path: str) -> dict:
     """The common (non-sharded) state of checkpoint ``path``, refused unless it carries our format tag."""
     try:
         common = dist_checkpointing.load_common_state_dict(path)
     except Exception as err:  # noqa: BLE001 - no readable common state: not ours, or damaged
         raise ArgumentError(f"--load {root}: {path} is not a readable checkpoint of this project "
-                            f"({_one_line(err)}); point --load elsewhere") from err
+                            f"({one_line(err)}); point --load elsewhere") from err
     if not isinstance(common, dict) or common.get("format") != FORMAT_TAG:
         raise ArgumentError(f"--load {root}: {path} is not a checkpoint of this project (no {FORMAT_TAG!r} tag); "
                             "point --load elsewhere")
     return common
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -207,7 +206,7 @@ def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) ->
         if os.path.exists(path):  # complete but never marked (killed before the marker), or damaged
             shutil.rmtree(path)
         os.rename(partial, path)
-        _write_atomically(os.path.join(root, MARKER), str(state.iteration))
+        write_atomically(os.path.join(root, MARKER), str(state.iteration))
     torch.distributed.barrier()
     log(f"saved checkpoint at iteration {state.iteration}")
 
@@ -234,7 +233,7 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
     try:
         loaded = dist_checkpointing.load(sharded, path)
     except Exception as err:  # noqa: BLE001 - any read failure is a damaged checkpoint to the user
-        raise ArgumentError(f"--load {root}: {path} cannot be read ({_one_line(err)}); remove it and "
+        raise ArgumentError(f"--load {root}: {path} cannot be read ({one_line(err)}); remove it and "
                             f"write the previous iteration into {MARKER}, or point --load elsewhere") from err
     with torch.no_grad():  # fp32 with the distributed optimizer: its shards are views of the weights
         model.module.load_state_dict(loaded["model"])
@@ -246,3 +245,81 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
     if load_rng and os.path.exists(rank_file):
         _set_rng_state(torch.load(rank_file, weights_only=False))
     return LoopState(**common["loop"])
+
+
+def resume(config, model, optimizer, scheduler, state: LoopState) -> None:
+    """Load the latest checkpoint of ``--load`` into everything, or start fresh when there is none.
+
+    Raises :class:`ArgumentError` (every rank reads the same files, so every rank stops) for a
+    checkpoint that is damaged or would silently change the reweighting group or the data.
+    """
+    ckpt = config.checkpoint
+    loaded = load_checkpoint(ckpt.load, model, optimizer, load_optim=not ckpt.no_load_optim,
+                             load_rng=not ckpt.no_load_rng)
+    if loaded is None:
+        print_rank0(f"--load {ckpt.load}: no checkpoint there yet, starting from iteration 0")
+        return
+    check_resume(loaded, state, override_blend=ckpt.override_data_blend)
+    if not ckpt.no_load_optim:
+        scheduler.load_state_dict(loaded.scheduler)
+    if loaded.reweight != state.reweight:
+        print_rank0(f"note: reweighting changed at resume: checkpoint {loaded.reweight}, now {state.reweight}")
+    state.iteration, state.consumed_samples = loaded.iteration, loaded.consumed_samples
+    state.skipped_iterations = loaded.skipped_iterations
+    per_dataset = ", ".join(f"{name} {n}" for name, n in loaded.consumed_per_dataset.items())
+    print_rank0(f"resumed from {ckpt.load} at iteration {state.iteration} ({state.consumed_samples} samples "
+                f"consumed{': ' + per_dataset if per_dataset else ''})")
+
+
+def check_resume(loaded: LoopState, current: LoopState, *, override_blend: bool) -> None:
+    """Refuse a resume that would silently change the reweighting group or the data."""
+    if loaded.layout.get("dp") != current.layout["dp"]:
+        raise ArgumentError(
+            f"--load: the checkpoint was trained with data-parallel size {loaded.layout.get('dp')}, this run has "
+            f"{current.layout['dp']}; the reweighting group (micro batch x DP) and the data order would change. "
+            "Resume with the same number of processes / TP / PP"
+        )
+    if loaded.blend != current.blend and not override_blend:
+        raise ArgumentError(
+            f"--load: the data blend differs from the checkpoint's ({loaded.blend} vs {current.blend}); "
+            "pass --override-data-blend to resume with the new blend anyway"
+        )
+
+
+def _git_commit() -> str | None:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    versions = {}
+    for package in ("torch", "megatron-core", "numpy", "sentencepiece", "transformer-engine"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def write_run_record(save_dir: str, config, *, start_iteration: int = 0) -> str:
+    """Write ``run.json`` in ``save_dir`` atomically (each start rewrites it); returns its path."""
+    parallel = config.parallel
+    record = {
+        "start_iteration": start_iteration,
+        "config": config.as_dict(),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "layout": {"dp": parallel.data_parallel_size, "tp": parallel.tensor_model_parallel_size,
+                   "pp": parallel.pipeline_model_parallel_size, "cp": parallel.context_parallel_size,
+                   "world_size": parallel.world_size},
+        "seed": config.training.seed,  # python/numpy/torch; pipeline stage p uses seed + 100 * p
+        "reweighting": config.reweight.state_dict(),
+    }
+    os.makedirs(save_dir, exist_ok=True)
+    path = os.path.join(save_dir, "run.json")
+    write_json_atomically(path, record, indent=1)
+    return path

@@ -21,42 +21,9 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.indexed_dataset import DType
 
-from .arguments import ArgumentError, parse_data_path
+from .arguments import parse_data_path
+from .errors import ArgumentError
 from .distributed import print_rank0
-
-
-class SentencePieceTokenizer:
-    """The few tokenizer fields megatron-core's datasets read: ``vocab_size``, ``eod``, ``pad``."""
-
-    def __init__(self, model_path: str):
-        import sentencepiece
-
-        if not os.path.isfile(model_path):
-            raise ArgumentError(f"--tokenizer-model {model_path}: no such file")
-        self.processor = sentencepiece.SentencePieceProcessor(model_file=model_path)
-        self.vocab_size = self.processor.vocab_size()
-        self.eod = self.processor.eos_id()
-        self.pad = self.processor.pad_id()
-        # Part of the datasets' cache key (megatron-core hashes it into the index file names).
-        self.unique_identifiers = {"class": type(self).__name__, "model": os.path.abspath(model_path)}
-
-
-class NullTokenizer:
-    """For ``--mock-data``/``NullTokenizer``: ids are already tokens; eod is the last id."""
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-        self.eod = vocab_size - 1
-        self.pad = -1
-        self.unique_identifiers = {"class": type(self).__name__, "vocab_size": vocab_size}
-
-
-def build_tokenizer(args):
-    if args.tokenizer_model is not None and args.tokenizer_type == "SentencePieceTokenizer":
-        return SentencePieceTokenizer(args.tokenizer_model)
-    if args.vocab_size is None:
-        raise ArgumentError("--vocab-size is not set; pass it, or --tokenizer-model")
-    return NullTokenizer(args.vocab_size)
 
 
 def domain_name(prefix: str) -> str:
@@ -79,6 +46,9 @@ def check_prefix(prefix: str, flag: str) -> None:
     through megatron-core's reader, whose errors on a bad file are a traceback plus noise.
     """
     for ext in (".idx", ".bin"):
+        if prefix.endswith(ext) and not os.path.isfile(prefix + ext):
+            raise ArgumentError(f"{flag}: {prefix} names a file; pass the prefix without {ext} "
+                                f"({prefix[: -len(ext)]})")
         if not os.path.isfile(prefix + ext):
             raise ArgumentError(f"{flag}: {prefix}{ext} does not exist; build it with tools/preprocess_data.py")
     idx, size = prefix + ".idx", os.path.getsize(prefix + ".idx")
@@ -113,11 +83,15 @@ def check_prefix(prefix: str, flag: str) -> None:
                             "they come from different builds; rebuild both with tools/preprocess_data.py")
 
 
-def check_data_args(args) -> None:
-    """Check every prefix of ``--data-path`` and ``--valid-data-path`` (cheap; before any process group)."""
-    if args.mock_data:
+def check_data_args(data) -> None:
+    """Check every prefix of ``--data-path`` and ``--valid-data-path`` (cheap; before any process group).
+
+    Args:
+        data: the :class:`megatron_patch.config.DataConfig`.
+    """
+    if data.mock_data:
         return
-    for flag, tokens in (("--data-path", args.data_path), ("--valid-data-path", args.valid_data_path)):
+    for flag, tokens in (("--data-path", data.data_path), ("--valid-data-path", data.valid_data_path)):
         for prefix in parse_data_path(tokens)[0]:
             check_prefix(prefix, flag)
 
@@ -130,14 +104,14 @@ class DataSetup:
     blend: tuple  # (prefixes, weights) of the training blend, recorded in checkpoints
 
 
-def _config(args, tokenizer, blend=None, blend_per_split=None, split=None) -> GPTDatasetConfig:
+def _config(config, tokenizer, blend=None, blend_per_split=None, split=None) -> GPTDatasetConfig:
     return GPTDatasetConfig(
-        random_seed=args.seed,
-        sequence_length=args.seq_length,
+        random_seed=config.training.seed,
+        sequence_length=config.model.seq_length,
         blend=blend,
         blend_per_split=blend_per_split,
         split=split,
-        path_to_cache=args.data_cache_path,
+        path_to_cache=config.data.data_cache_path,
         tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
@@ -147,69 +121,76 @@ def _config(args, tokenizer, blend=None, blend_per_split=None, split=None) -> GP
     )
 
 
-def build_datasets(args, tokenizer, is_built_on_rank) -> DataSetup:
+def build_datasets(config, tokenizer, is_built_on_rank=lambda: True) -> DataSetup:
     """The training blend for ``train_iters`` steps and one fixed validation set per domain.
 
     Validation sets come from ``--valid-data-path`` (one prefix per domain) or, without it, from
     the ``--split`` validation part of each training prefix on its own; never from the weighted
     blend, so they do not depend on the training weights. Each evaluation reads the same first
     ``eval_iters`` global batches of each set.
+
+    Args:
+        config: the :class:`megatron_patch.config.RunConfig`.
+        tokenizer: the run's tokenizer (:mod:`megatron_patch.tokenizer`).
+        is_built_on_rank: megatron-core's hook; every rank builds its indices here.
     """
-    train_samples = args.train_iters * args.global_batch_size
-    valid_samples = max(args.eval_iters * args.global_batch_size, 1)
-    if args.mock_data:
-        config = _config(args, tokenizer, split="99,1,0")
-        config.mock = True
+    data, batch = config.data, config.training.global_batch_size
+    train_samples = config.training.train_iters * batch
+    valid_samples = max(config.logging.eval_iters * batch, 1)
+    if data.mock_data:
+        mock = _config(config, tokenizer, split="99,1,0")
+        mock.mock = True
         train, valid, _ = BlendedMegatronDatasetBuilder(
-            MockGPTDataset, [train_samples, valid_samples, 0], is_built_on_rank, config
+            MockGPTDataset, [train_samples, valid_samples, 0], is_built_on_rank, mock
         ).build()
         return DataSetup(train, {"mock": valid}, ["mock"], ([], None))
-    check_data_args(args)
-    prefixes, weights = parse_data_path(args.data_path)
-    valid_prefixes, _ = parse_data_path(args.valid_data_path)
+    check_data_args(data)
+    prefixes, weights = parse_data_path(data.data_path)
+    valid_prefixes, _ = parse_data_path(data.valid_data_path)
     if valid_prefixes:
-        config = _config(args, tokenizer, blend_per_split=[(prefixes, weights), None, None])
-        train = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, 0, 0], is_built_on_rank, config).build()[0]
+        blend = _config(config, tokenizer, blend_per_split=[(prefixes, weights), None, None])
+        train = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, 0, 0], is_built_on_rank, blend).build()[0]
         valid = {}
         for prefix in valid_prefixes:
-            config = _config(args, tokenizer, blend_per_split=[None, ([prefix], None), None])
+            one = _config(config, tokenizer, blend_per_split=[None, ([prefix], None), None])
             valid[domain_name(prefix)] = BlendedMegatronDatasetBuilder(
-                GPTDataset, [0, valid_samples, 0], is_built_on_rank, config
+                GPTDataset, [0, valid_samples, 0], is_built_on_rank, one
             ).build()[1]
     else:
-        train = _build_split_part(args, tokenizer, (prefixes, weights), 0, train_samples, is_built_on_rank)
+        train = _build_split_part(config, tokenizer, (prefixes, weights), 0, train_samples, is_built_on_rank)
         valid = {}
         for prefix in prefixes:
-            dataset = _build_split_part(args, tokenizer, ([prefix], None), 1, valid_samples, is_built_on_rank)
+            dataset = _build_split_part(config, tokenizer, ([prefix], None), 1, valid_samples, is_built_on_rank)
             if dataset is not None:
                 valid[domain_name(prefix)] = dataset
     return DataSetup(train, valid, [domain_name(p) for p in prefixes], (prefixes, weights))
 
 
-def _build_split_part(args, tokenizer, blend, part: int, num_samples: int, is_built_on_rank):
+def _build_split_part(config, tokenizer, blend, part: int, num_samples: int, is_built_on_rank):
     """The ``--split`` part ``part`` (0 train, 1 validation) of ``blend``, or None (validation only) if empty.
 
     Only that part is built: megatron-core would otherwise also build the other parts, and it
     loops forever on a part that holds no document of some prefix (small data, a 1% split).
     """
-    config = _config(args, tokenizer, blend=blend, split=args.split)
-    if config.split_matrix[part] is None:
+    split = config.data.split
+    dataset_config = _config(config, tokenizer, blend=blend, split=split)
+    if dataset_config.split_matrix[part] is None:
         if part == 0:
-            raise ArgumentError(f"--split {args.split}: gives no training part; use e.g. 969,30,1")
+            raise ArgumentError(f"--split {split}: gives no training part; use e.g. 969,30,1")
         return None
     for prefix in blend[0]:
-        n = GPTDataset.numel_low_level_dataset(GPTDataset.build_low_level_dataset(prefix, config))
-        lo, hi = (int(round(x * n)) for x in config.split_matrix[part])
+        n = GPTDataset.numel_low_level_dataset(GPTDataset.build_low_level_dataset(prefix, dataset_config))
+        lo, hi = (int(round(x * n)) for x in dataset_config.split_matrix[part])
         if hi <= lo and part == 0:
-            raise ArgumentError(f"--data-path {prefix}: --split {args.split} leaves it no training document; "
+            raise ArgumentError(f"--data-path {prefix}: --split {split} leaves it no training document; "
                                 f"raise the training share of --split or drop the prefix")
         if hi <= lo:
-            print_rank0(f"note: --split {args.split} leaves no validation document in {prefix}; no validation "
+            print_rank0(f"note: --split {split} leaves no validation document in {prefix}; no validation "
                         f"set for {domain_name(prefix)} (give --valid-data-path for one)")
             return None
-    config.split_matrix = [m if i == part else None for i, m in enumerate(config.split_matrix)]
+    dataset_config.split_matrix = [m if i == part else None for i, m in enumerate(dataset_config.split_matrix)]
     sizes = [num_samples if i == part else 0 for i in range(3)]
-    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, is_built_on_rank, config).build()[part]
+    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, is_built_on_rank, dataset_config).build()[part]
 
 
 def consumed_per_dataset(dataset, consumed_samples: int, domains: list[str]) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 With CUDA the backend is NCCL and each process takes the GPU of its ``LOCAL_RANK``; without it
 the backend is gloo and :func:`megatron_patch.cpu_compat.apply_cpu_shims` lets megatron-core run
-on the CPU. The rendezvous is ``env://`` (torchrun or srun set ``MASTER_ADDR``, ``RANK``, ...).
+on the CPU. The rendezvous is ``env://`` (torchrun or srun set ``MASTER_ADDR``, ``RANK``, ...);
+started without a launcher (``python pretrain_llama.py ...``) the process is a world of one.
 """
 
 import datetime
@@ -15,25 +16,32 @@ from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
 from .cpu_compat import apply_cpu_shims
+from .launch import free_port
 
 
-def initialize_distributed(*, tensor_model_parallel_size: int, pipeline_model_parallel_size: int,
-                           context_parallel_size: int, seed: int, timeout_minutes: float = 10) -> torch.device:
+def initialize_distributed(parallel, *, seed: int) -> torch.device:
     """Create the process group and the TP/PP/CP/DP groups, seed every generator; returns the device.
 
-    ``timeout_minutes`` bounds how long a collective waits for a rank (``--distributed-timeout-minutes``).
+    Args:
+        parallel: the :class:`megatron_patch.config.ParallelConfig` (sizes and
+            ``--distributed-timeout-minutes``, how long a collective waits for a rank).
+        seed: ``--seed``.
     """
+    if "RANK" not in os.environ:  # no torchrun/srun: one process, as `python pretrain_llama.py` means
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"
     else:
         apply_cpu_shims()
         device, backend = torch.device("cpu"), "gloo"
-    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    torch.distributed.init_process_group(
+        backend, timeout=datetime.timedelta(minutes=parallel.distributed_timeout_minutes))
     ps.initialize_model_parallel(
-        tensor_model_parallel_size=tensor_model_parallel_size,
-        pipeline_model_parallel_size=pipeline_model_parallel_size,
-        context_parallel_size=context_parallel_size,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
     )
     set_seeds(seed)
     return device

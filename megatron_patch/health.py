@@ -10,45 +10,24 @@ For scale: with ``linupper`` and r = 0.4 on evenly spread losses, ESS/N is about
 N x max weight about 2.7; the paper's bound on the max/min ratio is exp(1 / r) = 12.2.
 """
 
-import argparse
 import dataclasses
+from typing import ClassVar
+
+from .config import check_ranges, flag
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightHealthConfig:
-    min_ess: float = 0.1
-    """Warn when ESS / N stays below this (0 turns the check off)."""
-    max_weight: float = 20.0
-    """Warn when N x the largest weight stays above this (0 turns the check off)."""
-    patience: int = 3
-    """How many log intervals in a row must be bad before the warning."""
+    """When to warn that the weights collapse onto a few samples (the ``--weight-collapse-*`` flags)."""
+
+    FLAG_PREFIX: ClassVar[str] = "weight-collapse-"
+
+    min_ess: float = flag(0.1, "warn when ESS/N stays below this (0: off)", minimum=0, maximum=1)
+    max_weight: float = flag(20.0, "warn when N x the largest weight stays above this (0: off)", minimum=0)
+    patience: int = flag(3, "log intervals in a row before warning", minimum=1)
 
     def __post_init__(self):
-        if not 0 <= self.min_ess <= 1:
-            raise ValueError(f"--weight-collapse-min-ess {self.min_ess}: must be in [0, 1] (ESS / N)")
-        if self.max_weight < 0:
-            raise ValueError(f"--weight-collapse-max-weight {self.max_weight}: must be >= 0 (N x max weight)")
-        if self.patience < 1:
-            raise ValueError(f"--weight-collapse-patience {self.patience}: must be >= 1 log interval")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "WeightHealthConfig":
-        """From the flags of :func:`add_weight_health_args`; a parser without them gets the defaults."""
-        defaults = cls()
-        return cls(**{f.name: getattr(args, f"weight_collapse_{f.name}", getattr(defaults, f.name))
-                      for f in dataclasses.fields(cls)})
-
-
-def add_weight_health_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``--weight-collapse-*`` flags (thresholds of :class:`WeightHealthConfig`)."""
-    g = parser.add_argument_group("weight health", "warn when the reweighting collapses onto few samples")
-    g.add_argument("--weight-collapse-min-ess", type=float, default=WeightHealthConfig.min_ess,
-                   help="warn when ESS/N stays below this (default %(default)s; 0: off)")
-    g.add_argument("--weight-collapse-max-weight", type=float, default=WeightHealthConfig.max_weight,
-                   help="warn when N x max weight stays above this (default %(default)s; 0: off)")
-    g.add_argument("--weight-collapse-patience", type=int, default=WeightHealthConfig.patience,
-                   help="log intervals in a row before warning (default %(default)s)")
-    return parser
+        check_ranges(self)
 
 
 class WeightHealth:

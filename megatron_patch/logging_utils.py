@@ -12,6 +12,10 @@ import os
 
 import torch
 
+from .loss import GROUP_DOMAINS, GROUP_LOSSES
+
+GROUP_KEYS = (GROUP_LOSSES, GROUP_DOMAINS)
+
 _TRAIN_KEYS = ("lm loss", "weighted loss", "reweight r", "ess", "max_weight", "min_weight", "entropy", "low_loss_mass")
 
 
@@ -24,7 +28,7 @@ class ReportAccumulator:
 
     def add(self, reports: list[dict]) -> None:
         for report in filter(None, reports):  # a stage without the loss reports nothing
-            keys = tuple(sorted(report))
+            keys = tuple(sorted(k for k in report if k not in GROUP_KEYS))  # the group is not a pair
             block = torch.stack([report[k].detach().float().view(2) for k in keys])  # one op per report
             self.blocks[keys] = self.blocks[keys] + block if keys in self.blocks else block
 

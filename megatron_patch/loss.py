@@ -1,9 +1,11 @@
-"""The reweighted ``loss_func`` for megatron-core's schedules, its config, flags and start-up checks.
+"""The loss boundary: the reweighted ``loss_func`` for megatron-core's schedules, and its config.
 
 A Megatron forward step returns ``(output_tensor, loss_func)``; the schedule calls
 ``loss_func(output_tensor)`` once per micro-batch on the last pipeline stage, where
 ``output_tensor`` is GPTModel's per-token loss ``[b, s]`` (already reduced over tensor
-parallelism). :func:`make_loss_func` builds that ``loss_func`` from a :class:`ReweightConfig`.
+parallelism). The loop builds one :class:`SampleLoss` per run (config, data-parallel group,
+domains), tells it each step's iteration (for r), and the forward step asks it for the
+micro-batch's ``loss_func``: :func:`reweighted_loss` with everything bound but the output.
 
 The reweighting group is one micro-batch across the data-parallel (DP) group: the detached
 per-sample losses of the ``dp_size * b`` samples are all-gathered over the DP group (one
@@ -18,34 +20,54 @@ The ``uniform`` strategy, and a ``uniform`` warm-up (``r = inf``), return the st
 ``(sum of masked token losses, token count)`` bit for bit, with no collective.
 """
 
-import argparse
-import ast
 import dataclasses
 import functools
-import inspect
 import math
-import textwrap
+from typing import ClassVar
 
 import torch
 
 from reweighting import STRATEGIES, WARMUP_MODES, TemperatureSchedule, check_delta, check_strategy
 from reweighting import sample_weights, weight_stats
 
+from .config import check_ranges, flag
+from .errors import ArgumentError
+
+# Report keys of the gathered group (device tensors [N], not [sum, count] pairs): the loop keeps
+# the last micro-batch's for the metrics file's "group" record instead of summing them.
+GROUP_LOSSES, GROUP_DOMAINS = "group losses", "group domain_ids"
+
 
 @dataclasses.dataclass(frozen=True)
 class ReweightConfig:
     """How the loss is reweighted: the strategy, its delta, and the temperature schedule."""
 
-    strategy: str = "uniform"
-    """Reweighting strategy: uniform (plain training), linupper (the paper's), quadratic, extremes."""
-    delta: float = 1.0
-    """Half-width of the min-max normalised loss range [-delta, delta]."""
-    schedule: TemperatureSchedule = dataclasses.field(default_factory=TemperatureSchedule)
-    """The temperature r as a function of the iteration (warm-up, ramp, target)."""
+    FLAG_PREFIX: ClassVar[str] = "reweight-"
+
+    strategy: str = flag("uniform", "reweighting strategy: uniform (plain training), linupper (the paper's), "
+                                    "quadratic, extremes", choices=STRATEGIES)
+    r: float = flag(1.0, "the temperature after warm-up and ramp (smaller reweights harder)", above=0)
+    delta: float = flag(1.0, "half-width of the min-max normalised loss range [-delta, delta]", above=0)
+    warmup_iters: int = flag(0, "iterations [0, warmup_iters) are the warm-up", minimum=0)
+    warmup_mode: str = flag("uniform", "uniform: no reweighting during warm-up; large-r: reweight with "
+                                       "--reweight-warmup-r", choices=WARMUP_MODES)
+    warmup_r: float = flag(100.0, "the temperature of a large-r warm-up, and the start of the ramp", above=0)
+    ramp_iters: int = flag(0, "after warm-up, r moves linearly from --reweight-warmup-r to --reweight-r over "
+                              "this many iterations", minimum=0)
 
     def __post_init__(self):
+        check_ranges(self)
         check_strategy(self.strategy)
         check_delta(self.delta)
+        for name, value in (("--reweight-r", self.r), ("--reweight-warmup-r", self.warmup_r)):
+            if not math.isfinite(value):
+                raise ArgumentError(f"{name} {value}: must be a finite temperature > 0")
+
+    @functools.cached_property
+    def schedule(self) -> TemperatureSchedule:
+        """The temperature r as a function of the iteration (warm-up, ramp, target)."""
+        return TemperatureSchedule(target_r=self.r, warmup_iters=self.warmup_iters, warmup_mode=self.warmup_mode,
+                                   warmup_r=self.warmup_r, ramp_iters=self.ramp_iters)
 
     @property
     def reweighting(self) -> bool:
@@ -56,58 +78,43 @@ class ReweightConfig:
         """The temperature in effect at ``iteration``; ``math.inf`` means plain (stock) training."""
         return self.schedule.r_at(iteration) if self.reweighting else math.inf
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "ReweightConfig":
-        """Build the config from the flags of :func:`add_reweight_args`; errors name the flag."""
-        values = {field: getattr(args, _dest(flag)) for flag, (owner, field, _, _) in _FLAGS.items()}
-        for flag, (owner, field, _, _) in _FLAGS.items():
-            try:
-                owner(**{field: values[field]})  # each field alone, so the error names its flag
-            except (ValueError, TypeError) as err:
-                raise ValueError(f"{flag} {values[field]!r}: {err}") from None
-        schedule_fields = {f.name for f in dataclasses.fields(TemperatureSchedule)}
-        schedule = TemperatureSchedule(**{k: v for k, v in values.items() if k in schedule_fields})
-        return cls(schedule=schedule, **{k: v for k, v in values.items() if k not in schedule_fields})
+    def state_dict(self) -> dict:
+        """What checkpoints and the run record keep: strategy, delta and the schedule's fields."""
+        return {"strategy": self.strategy, "delta": self.delta, **self.schedule.state_dict()}
 
 
-def _field_docs(cls) -> dict[str, str]:
-    """The docstring under each dataclass field of ``cls`` (the help text of its flag)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(nxt.value.value.replace("``", "").split())
-    return docs
+class SampleLoss:
+    """The loss boundary of a run: built once by the loop, one ``loss_func`` per micro-batch.
 
+    Args:
+        config: the reweighting configuration.
+        dp_group: the data-parallel process group the group's losses are gathered over.
+        num_domains: the number of domains of the training blend (per-domain report entries
+            when there are several).
+    """
 
-# flag -> (dataclass that owns the field, field name, type, choices). Help and defaults come from
-# the dataclass, so the flags cannot drift from the config.
-_FLAGS = {
-    "--reweight-strategy": (ReweightConfig, "strategy", str, STRATEGIES),
-    "--reweight-r": (TemperatureSchedule, "target_r", float, None),
-    "--reweight-delta": (ReweightConfig, "delta", float, None),
-    "--reweight-warmup-iters": (TemperatureSchedule, "warmup_iters", int, None),
-    "--reweight-warmup-mode": (TemperatureSchedule, "warmup_mode", str, WARMUP_MODES),
-    "--reweight-warmup-r": (TemperatureSchedule, "warmup_r", float, None),
-    "--reweight-ramp-iters": (TemperatureSchedule, "ramp_iters", int, None),
-}
+    def __init__(self, config: ReweightConfig, dp_group, num_domains: int = 0):
+        self.config = config
+        self.dp_group = dp_group
+        self.num_domains = num_domains if num_domains > 1 else 0
+        self.iteration = 0
 
+    def start_step(self, iteration: int) -> None:
+        """The loop's word: the next micro-batches belong to ``iteration`` (it sets r)."""
+        self.iteration = iteration
 
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+    def loss_func(self, loss_mask: torch.Tensor, domain_ids: torch.Tensor | None = None):
+        """The ``loss_func(output_tensor) -> (loss, num_tokens, report)`` of one micro-batch.
 
-
-def add_reweight_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``--reweight-*`` flag group to ``parser``; read it back with ``ReweightConfig.from_args``."""
-    group = parser.add_argument_group("reweighting", "online loss-based per-sample reweighting (Sow et al.)")
-    docs = {cls: _field_docs(cls) for cls in (ReweightConfig, TemperatureSchedule)}
-    for flag, (owner, field, kind, choices) in _FLAGS.items():
-        default = {f.name: f.default for f in dataclasses.fields(owner)}[field]
-        group.add_argument(
-            flag, type=kind, choices=choices, default=default,
-            help=f"{docs[owner][field]} (default: {default})",
+        Args:
+            loss_mask: [b, s] 1 for tokens that count.
+            domain_ids: optional [b] domain of each sample (``BlendedDataset``'s dataset id).
+        """
+        return functools.partial(
+            reweighted_loss, loss_mask, strategy=self.config.strategy, r=self.config.r_at(self.iteration),
+            delta=self.config.delta, dp_group=self.dp_group,
+            domain_ids=domain_ids if self.num_domains else None, num_domains=self.num_domains,
         )
-    return parser
 
 
 def check_reweighting_supported(
@@ -115,17 +122,17 @@ def check_reweighting_supported(
 ) -> None:
     """Refuse, at start-up, parallel settings under which the reweighted loss would be wrong.
 
-    Raises ``ValueError`` naming the flag and what to do. Nothing is refused for ``uniform``.
+    Raises :class:`ArgumentError` naming the flag and what to do. Nothing is refused for ``uniform``.
     """
     if not config.reweighting:
         return
     if context_parallel_size > 1:
-        raise ValueError(
+        raise ArgumentError(
             f"--context-parallel-size {context_parallel_size} is not supported with --reweight-strategy "
             f"{config.strategy} (a sample's tokens would be split across ranks); use --context-parallel-size 1"
         )
     if calculate_per_token_loss:
-        raise ValueError(
+        raise ArgumentError(
             f"--calculate-per-token-loss is not supported with --reweight-strategy {config.strategy} "
             "(weights are per sample, the loss is a weighted mean of per-sample means); drop the flag"
         )
@@ -224,7 +231,6 @@ def reweighted_loss(
     dp_group,
     domain_ids: torch.Tensor | None = None,
     num_domains: int = 0,
-    on_group=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """megatron-core ``loss_func``: ``(loss, num_tokens, report)`` for one micro-batch.
 
@@ -237,9 +243,6 @@ def reweighted_loss(
         dp_group: the data-parallel process group (``parallel_state.get_data_parallel_group()``).
         domain_ids: optional [b] integer domain of each sample (``BlendedDataset``'s dataset id).
         num_domains: the number of domains; needed with ``domain_ids``.
-        on_group: optional ``on_group(group_losses [N], group_ids [N] or None)``, called with the
-            gathered, detached device tensors when weights are computed (e.g. to keep the last
-            group for the metrics file; read them at log time, not here, to avoid a host sync).
 
     Returns:
         ``loss`` scalar, ``num_tokens`` int scalar (masked tokens of this rank), and ``report``:
@@ -250,9 +253,14 @@ def reweighted_loss(
         ``ess``, ``max_weight``, ``min_weight``, ``entropy``, ``low_loss_mass`` (means over
         micro-batches); with ``domain_ids``, ``domain {d} loss`` (unweighted token mean),
         ``domain {d} token_share`` and (reweighting on) ``domain {d} weight_share``. The names
-        are those of the metrics file (docs/architecture.md).
+        are those of the metrics file (docs/architecture.md). With reweighting on, also the
+        gathered group itself, detached device tensors rather than pairs: ``group losses`` [N]
+        and, with ``domain_ids``, ``group domain_ids`` [N].
     """
     check_strategy(strategy)
+    if output_tensor.dim() != 2:
+        raise RuntimeError(f"the model returned {tuple(output_tensor.shape)}, not per-token losses [b, s]; "
+                           "reweighting needs per-token losses (call the model with labels)")
     device = output_tensor.device
     stock_loss, num_tokens = _stock_loss(output_tensor, loss_mask)
     live, counts = per_sample_loss(output_tensor, loss_mask)  # [b], [b]
@@ -275,8 +283,9 @@ def reweighted_loss(
         losses, strategy=strategy, r=r, delta=delta, dp_group=dp_group, domain_ids=domain_ids
     )
     dp_size = torch.distributed.get_world_size(group=dp_group)
-    if on_group is not None:
-        on_group(group_losses, group_ids)
+    report[GROUP_LOSSES] = group_losses
+    if group_ids is not None:
+        report[GROUP_DOMAINS] = group_ids
 
     # where(), not a product: a non-finite sample (weight 0) stays out of the value and of the
     # gradient, which 0 * nan would not.
@@ -299,20 +308,3 @@ def reweighted_loss(
     block = torch.stack([block, torch.ones_like(block)], dim=1)
     report.update(zip(names, block.unbind(0)))
     return loss, num_tokens, report
-
-
-def make_loss_func(
-    loss_mask: torch.Tensor,
-    config: ReweightConfig,
-    iteration: int,
-    dp_group,
-    domain_ids: torch.Tensor | None = None,
-    num_domains: int = 0,
-    on_group=None,
-):
-    """The ``loss_func`` a forward step returns: :func:`reweighted_loss` with the r of ``iteration``."""
-    return functools.partial(
-        reweighted_loss, loss_mask,
-        strategy=config.strategy, r=config.r_at(iteration), delta=config.delta,
-        dp_group=dp_group, domain_ids=domain_ids, num_domains=num_domains, on_group=on_group,
-    )

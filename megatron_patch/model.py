@@ -9,7 +9,6 @@ LayerNorm, GELU, learned positions, tied embeddings.
 loss path cannot give the per-token losses ``[b, s]`` the weights are computed from.
 """
 
-import argparse
 import functools
 
 import torch
@@ -22,7 +21,8 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-from .arguments import ArgumentError
+from .config import RunConfig
+from .errors import ArgumentError
 
 
 @functools.cache
@@ -37,38 +37,39 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
-    """The megatron-core ``TransformerConfig`` for the resolved flags."""
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+def transformer_config(config: RunConfig) -> TransformerConfig:
+    """The megatron-core ``TransformerConfig`` of the resolved run configuration."""
+    m, parallel, training = config.model, config.parallel, config.training
+    dtype = torch.bfloat16 if training.bf16 else torch.float16 if training.fp16 else torch.float32
     return TransformerConfig(
-        num_layers=args.num_layers,
-        hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads,
-        num_query_groups=args.num_query_groups,
-        kv_channels=args.kv_channels,
-        ffn_hidden_size=args.ffn_hidden_size or 4 * args.hidden_size,
-        normalization=args.normalization,
-        layernorm_epsilon=args.norm_epsilon,
-        gated_linear_unit=bool(args.swiglu),
-        activation_func=F.silu if args.swiglu else F.gelu,
-        add_bias_linear=not args.disable_bias_linear,
-        hidden_dropout=args.hidden_dropout,
-        attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std,
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        context_parallel_size=args.context_parallel_size,
-        sequence_parallel=args.sequence_parallel,
-        bf16=args.bf16,
-        fp16=args.fp16,
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.kv_channels,
+        ffn_hidden_size=m.ffn_hidden_size or 4 * m.hidden_size,
+        normalization=m.normalization,
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=bool(m.swiglu),
+        activation_func=F.silu if m.swiglu else F.gelu,
+        add_bias_linear=not m.disable_bias_linear,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_method_std,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        bf16=training.bf16,
+        fp16=training.fp16,
         params_dtype=dtype,
         pipeline_dtype=dtype,
-        calculate_per_token_loss=args.calculate_per_token_loss,
-        layernorm_zero_centered_gamma=args.apply_layernorm_1p,
+        calculate_per_token_loss=training.calculate_per_token_loss,
+        layernorm_zero_centered_gamma=m.apply_layernorm_1p,
         # Both fused implementations return per-token losses [b, s] in megatron-core 0.16.1;
         # check_per_token_loss_path probes the configured one at start-up.
-        cross_entropy_loss_fusion=args.cross_entropy_loss_fusion,
-        cross_entropy_fusion_impl=args.cross_entropy_fusion_impl,
+        cross_entropy_loss_fusion=m.cross_entropy_loss_fusion,
+        cross_entropy_fusion_impl=m.cross_entropy_fusion_impl,
         # The remaining fusions are kernels only; off, so the local (CPU) spec runs unchanged.
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
@@ -79,7 +80,7 @@ def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
     )
 
 
-def layer_spec(args: argparse.Namespace):
+def layer_spec(config: RunConfig):
     """Transformer Engine's layer spec when it imports, megatron-core's local one otherwise.
 
     ``--transformer-impl local`` asks for the local spec even where Transformer Engine imports
@@ -88,34 +89,35 @@ def layer_spec(args: argparse.Namespace):
     sequence parallelism: those flags are refused here, by name, rather than by an assertion deep
     inside megatron-core on every rank.
     """
-    if args.transformer_impl == "transformer_engine" and transformer_engine_available():
+    m = config.model
+    if m.transformer_impl == "transformer_engine" and transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec()
-    spec = get_gpt_layer_local_spec(normalization=args.normalization)
+    spec = get_gpt_layer_local_spec(normalization=m.normalization)
     if spec.submodules.input_layernorm is WrappedTorchNorm:
-        for flag, given in (("--apply-layernorm-1p", args.apply_layernorm_1p),
-                            ("--sequence-parallel", args.sequence_parallel)):
+        for flag, given in (("--apply-layernorm-1p", m.apply_layernorm_1p),
+                            ("--sequence-parallel", config.parallel.sequence_parallel)):
             if given:
                 raise ArgumentError(f"{flag} needs Transformer Engine's or apex's norms; neither imports here "
                                     "(CPU, or no transformer_engine/apex); drop the flag")
     return spec
 
 
-def gpt_model_provider(args: argparse.Namespace, pre_process: bool = True, post_process: bool = True,
+def gpt_model_provider(config: RunConfig, pre_process: bool = True, post_process: bool = True,
                        vp_stage=None) -> GPTModel:
     """Build this rank's part of the model (its TP shard and PP stage)."""
-    config = transformer_config_from_args(args)
+    m = config.model
     return GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec(args),
-        vocab_size=args.padded_vocab_size,
-        max_sequence_length=args.max_position_embeddings,
+        config=transformer_config(config),
+        transformer_layer_spec=layer_spec(config),
+        vocab_size=m.padded_vocab_size,
+        max_sequence_length=m.max_position_embeddings,
         pre_process=pre_process,
         post_process=post_process,
         parallel_output=True,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        position_embedding_type=args.position_embedding_type,
-        rotary_percent=args.rotary_percent,
-        rotary_base=args.rotary_base,
+        share_embeddings_and_output_weights=not m.untie_embeddings_and_output_weights,
+        position_embedding_type=m.position_embedding_type,
+        rotary_percent=m.rotary_percent,
+        rotary_base=m.rotary_base,
     )
 
 
