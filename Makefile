@@ -15,7 +15,7 @@ $(STAMP): setup.py requirements-cpu.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tools.demo $(ARGS)
+	$(PY) -m tools.demo.run $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

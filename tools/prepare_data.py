@@ -1,10 +1,10 @@
 """From nothing to per-domain megatron-core datasets and a tokenizer, in one cached command.
 
-    python -m tools.prepare_data --out data/corpus                  # real corpus (one download)
-    python -m tools.prepare_data --out data/corpus --max-bytes-per-domain 2000000 --with-redundant
-    python -m tools.prepare_data --out /tmp/tiny --fixtures --vocab-size 1024   # offline, seconds
+    python tools/prepare_data.py --out data/corpus                  # real corpus (one download)
+    python tools/prepare_data.py --out data/corpus --max-bytes-per-domain 2000000 --with-redundant
+    python tools/prepare_data.py --out /tmp/tiny --fixtures --vocab-size 1024   # offline, seconds
 
-Steps: build the corpus JSONL (tools.build_corpus, under ``{out}/jsonl``), train a SentencePiece
+Steps: build the corpus JSONL (tools/build_corpus.py, under ``{out}/jsonl``), train a SentencePiece
 tokenizer on the train splits (``{out}/tokenizer.model``, skipped with ``--tokenizer-model``),
 tokenise every domain and split with an end-of-document token into
 ``{out}/{domain}_{split}_text_document.bin/.idx``, and write ``{out}/manifest.json``: the
@@ -14,6 +14,10 @@ A second run with the same settings returns the existing manifest at once.
 
 Tests and other tools call :func:`build_fixture_dataset` (fixtures only, no network, a few seconds).
 """
+
+if not __package__:  # run as a file: the repository root, not tools/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", ".."))
 
 import argparse
 import json
@@ -25,7 +29,7 @@ from typing import Dict, List, Optional
 
 import sentencepiece as spm
 
-from tools.atomic_files import write_bytes_atomically
+from megatron_patch.files import write_json_atomically
 from tools.build_corpus import REDUNDANT, CorpusConfig, add_corpus_arguments, build_corpus, corpus_config_from, recorded_settings
 from tools.preprocess_data import preprocess_jsonl
 from tools.train_tokenizer import train_tokenizer
@@ -124,7 +128,7 @@ def prepare_data(
                    for split in ("train", "valid")},
         "timings_s": {key: round(value, 2) for key, value in timings.items()},
     }
-    write_bytes_atomically(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=2).encode("utf-8"))
+    write_json_atomically(os.path.join(out_dir, MANIFEST), manifest, indent=2)
     return manifest
 
 

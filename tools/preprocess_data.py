@@ -1,6 +1,6 @@
 """Tokenise JSONL documents into megatron-core indexed datasets (``.bin`` + ``.idx``).
 
-    python -m tools.preprocess_data --input docs.jsonl --output-prefix data/my \
+    python tools/preprocess_data.py --input docs.jsonl --output-prefix data/my \
         --tokenizer-model tokenizer.model --append-eod --workers 2
 
 Flag names follow Megatron-LM's ``tools/preprocess_data.py``; so does the output naming: one
@@ -10,6 +10,10 @@ vocabulary (uint16 below 65,500 pieces, else int32: megatron-core's ``DType.opti
 Documents stay in input order whatever ``--workers`` is, so the bytes do not depend on it.
 Empty documents are dropped (and counted). Output files appear only when complete.
 """
+
+if not __package__:  # run as a file: the repository root, not tools/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", ".."))
 
 import argparse
 import contextlib
@@ -24,8 +28,8 @@ import numpy as np
 import sentencepiece as spm
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-from tools.atomic_files import atomic_outputs
-from tools.jsonl_documents import ON_BAD_LINE_CHOICES, BadLineReport, parse_line
+from megatron_patch.files import atomic_outputs
+from tools.data.jsonl_documents import ON_BAD_LINE_CHOICES, BadLineReport, parse_line
 
 # A worker task: consecutive lines up to this many bytes (or one longer line).
 BYTES_PER_TASK = 256 * 1024
@@ -180,7 +184,7 @@ def preprocess_jsonl(
         raise FileNotFoundError(f"--input {input_path}: no such file")
     if not os.path.isfile(tokenizer_model):
         raise FileNotFoundError(f"--tokenizer-model {tokenizer_model}: no such file "
-                                "(train one with python -m tools.train_tokenizer)")
+                                "(train one with tools/train_tokenizer.py)")
     vocab_size = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
     dtype = DType.optimal_dtype(vocab_size)
     prefixes = {key: output_prefix_for(output_prefix, key) for key in json_keys}

@@ -1,6 +1,6 @@
 """Train a SentencePiece tokenizer (BPE by default) on the text of JSONL files.
 
-    python -m tools.train_tokenizer --input data/corpus/jsonl/*_train.jsonl \
+    python tools/train_tokenizer.py --input data/corpus/jsonl/*_train.jsonl \
         --output-model data/corpus/tokenizer.model --vocab-size 8192
 
 Defaults suit a small English + code corpus: byte fallback (no unknown tokens), digits split,
@@ -11,6 +11,10 @@ tokenizer reads the model as it is. Training sees each document's non-empty line
 give the same vocabulary; the output is written atomically.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", ".."))
+
 import argparse
 import io
 import sys
@@ -19,8 +23,8 @@ from typing import Iterator, List, Sequence
 
 import sentencepiece as spm
 
-from tools.atomic_files import write_bytes_atomically
-from tools.jsonl_documents import ON_BAD_LINE_CHOICES, BadLineReport, iter_jsonl
+from megatron_patch.files import write_atomically
+from tools.data.jsonl_documents import ON_BAD_LINE_CHOICES, BadLineReport, iter_jsonl
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -93,7 +97,7 @@ def train_tokenizer(
             f"SentencePiece training failed for --vocab-size {vocab_size} on {list(inputs)}: "
             f"{error}. A vocabulary too large for the text is the usual cause: lower --vocab-size."
         ) from error
-    write_bytes_atomically(output_model, buffer.getvalue())
+    write_atomically(output_model, buffer.getvalue())
     return spm.SentencePieceProcessor(model_proto=buffer.getvalue())
 
 

@@ -1,8 +1,10 @@
-"""Shared fixtures for the data tools: a small JSONL of real text and a tokenizer trained on it."""
+"""Shared fixtures for the tool tests: a small JSONL of real text, a tokenizer trained on it, no network."""
+
+import subprocess
 
 import pytest
 
-from data_test_helpers import fixture_texts, write_jsonl
+from tests.tools.helpers import fixture_texts, write_jsonl
 from tools.train_tokenizer import train_tokenizer
 
 
@@ -18,3 +20,11 @@ def tokenizer_model(tmp_path_factory, documents_jsonl):
     path = str(tmp_path_factory.mktemp("tok") / "tok.model")
     train_tokenizer([documents_jsonl], path, vocab_size=512, num_threads=1)
     return path
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any ``subprocess.run`` (pip download is the tools' only network access) fails the test."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(subprocess, "run", forbidden)

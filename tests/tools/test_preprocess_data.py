@@ -1,4 +1,5 @@
-"""tools.preprocess_data: exact round trip through megatron-core readers, workers, bad lines, atomicity."""
+"""tools/preprocess_data.py: exact round trip through megatron-core readers, workers, bad lines, atomicity,
+and the command as users type it (a file path from any directory, or ``-m`` from the repository)."""
 
 import json
 import os
@@ -11,9 +12,10 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 from megatron.core.tokenizers import MegatronTokenizer
 
-from tools.jsonl_documents import BadLineError
+from megatron_patch.launch import ROOT
+from tests.tools.helpers import TOOLS, fixture_texts, run_python, write_jsonl
+from tools.data.jsonl_documents import BadLineError
 from tools.preprocess_data import main, preprocess_jsonl
-from data_test_helpers import fixture_texts, write_jsonl
 
 
 def expected_documents(tokenizer_model, texts, append_eod=True):
@@ -32,6 +34,25 @@ def test_indexed_dataset_round_trip(tmp_path, documents_jsonl, tokenizer_model):
     for i, ids in enumerate(expected):
         assert dataset[i].tolist() == ids
     assert dataset.document_indices.tolist() == list(range(len(expected) + 1))
+
+
+@pytest.mark.parametrize("how", ["file path, from another directory", "-m, from the repository root"])
+def test_the_command_writes_the_dataset(tmp_path, documents_jsonl, tokenizer_model, how):
+    prefix = tmp_path / "out" / "cli"
+    flags = ["--input", documents_jsonl, "--output-prefix", str(prefix), "--tokenizer-model", tokenizer_model,
+             "--append-eod", "--workers", "2"]
+    if how.startswith("file"):
+        work = tmp_path / "elsewhere"
+        work.mkdir()
+        proc = run_python([os.path.join(TOOLS, "preprocess_data.py"), *flags], cwd=work)
+    else:
+        proc = run_python(["-m", "tools.preprocess_data", *flags], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = expected_documents(tokenizer_model, fixture_texts())
+    dataset = IndexedDataset(str(tmp_path / "out" / "cli_text_document"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == expected
+    tokens = sum(map(len, expected))
+    assert f"cli_text_document.bin/.idx: {len(expected)} documents, {tokens} tokens (uint16)" in proc.stderr
 
 
 def test_without_eod_and_several_keys(tmp_path, tokenizer_model):

@@ -1,4 +1,4 @@
-"""tools.train_tokenizer: deterministic vocabulary, the documented options, atomic output, errors."""
+"""tools/train_tokenizer.py: deterministic vocabulary, the documented options, atomic output, errors."""
 
 import os
 

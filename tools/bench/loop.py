@@ -1,6 +1,6 @@
 """Loop efficiency: tokens/s of our training loop vs a bare megatron-core loop, same model and batch.
 
-    python -m tools.bench_loop --rounds 5 --train-iters 40
+    python tools/bench/loop.py --rounds 5 --train-iters 40
 
 *Ours* is ``pretrain_llama.py`` (the ``tiny`` preset on mock data, ``uniform``, 2 gloo
 processes): its ``train_step`` (data pipeline, the loss function of :mod:`megatron_patch.loss`,
@@ -14,6 +14,10 @@ and checkpoints are outside) and leave out the first ``--skip-iters`` steps. The
 median over ABBA rounds of ``tokens/s ours / tokens/s bare``. Target: >= 0.97. Flags after ``--`` go to both.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/bench/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", "..", ".."))
+
 import argparse
 import functools
 import itertools
@@ -23,8 +27,10 @@ import sys
 import tempfile
 import time
 
-from tools.benchlib import interleave, machine, report_ratio, split_extra, steady_ms_per_iter, synthetic_batch
-from tools.benchlib import torchrun, train_records
+from megatron_patch.launch import run_torchrun
+from megatron_patch.logging_utils import read_metrics
+from tools.bench.abba import interleave, report_ratio
+from tools.bench.harness import machine, split_extra, steady_ms_per_iter, synthetic_batch
 
 TARGET = 0.97
 BASE_FLAGS = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "8192",
@@ -86,12 +92,12 @@ def run_variant(variant: str, args: argparse.Namespace, extra: list[str]) -> flo
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/out.json"
         if variant == "ours":
-            torchrun(["pretrain_llama.py", *flags, "--log-interval", str(args.log_interval), "--metrics-file", out],
-                     nproc=args.nproc)
-            records = train_records(out)
+            run_torchrun(["pretrain_llama.py", *flags, "--log-interval", str(args.log_interval),
+                          "--metrics-file", out], nproc=args.nproc)
+            records = read_metrics(out, "train")
         else:
-            torchrun(["-m", "tools.bench_loop", "--bare", "--log-interval", str(args.log_interval),
-                      "--bare-out", out, "--", *flags], nproc=args.nproc)
+            run_torchrun(["-m", "tools.bench.loop", "--bare", "--log-interval", str(args.log_interval),
+                          "--bare-out", out, "--", *flags], nproc=args.nproc)
             with open(out) as handle:
                 records = json.load(handle)
         ms = steady_ms_per_iter(records, args.skip_iters)

@@ -1,6 +1,6 @@
 """Reweighting overhead: step time of ``pretrain_llama.py`` with a reweighting strategy vs ``uniform``.
 
-    python -m tools.bench_overhead --rounds 5 --train-iters 40
+    python tools/bench/overhead.py --rounds 5 --train-iters 40
 
 Each round runs the entry point twice under torchrun (2 gloo processes, the ``tiny`` preset on
 mock data), once with ``--reweight-strategy linupper`` and once with ``uniform``, in ABBA order.
@@ -9,12 +9,18 @@ warm-up steps (so start-up and the first slow steps do not count); the figure is
 rounds of the per-round ratio. Target: <= 1.01. Flags after ``--`` go to the entry point.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/bench/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", "..", ".."))
+
 import argparse
 import sys
 import tempfile
 
-from tools.benchlib import (interleave, machine, report_ratio, split_extra, steady_ms_per_iter, torchrun,
-                            train_records)
+from megatron_patch.launch import run_torchrun
+from megatron_patch.logging_utils import read_metrics
+from tools.bench.abba import interleave, report_ratio
+from tools.bench.harness import machine, split_extra, steady_ms_per_iter
 
 TARGET = 1.01
 BASE_FLAGS = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "8192",
@@ -27,8 +33,8 @@ def run_entry_point(strategy: str, args: argparse.Namespace, extra: list[str]) -
         metrics = f"{tmp}/metrics.jsonl"
         flags = [*BASE_FLAGS, "--train-iters", str(args.train_iters), "--metrics-file", metrics,
                  "--reweight-strategy", strategy, "--reweight-r", str(args.r), *extra]
-        torchrun(["pretrain_llama.py", *flags], nproc=args.nproc)
-        ms = steady_ms_per_iter(train_records(metrics), args.skip_iters)
+        run_torchrun(["pretrain_llama.py", *flags], nproc=args.nproc)
+        ms = steady_ms_per_iter(read_metrics(metrics, "train"), args.skip_iters)
     print(f"  {strategy:>9}: {ms:8.1f} ms/step", flush=True)
     return ms
 

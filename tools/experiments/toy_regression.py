@@ -7,8 +7,12 @@ batches; only the weights inside each batch differ, and those come from
 ``reweighting.sample_weights``. Test loss is the expected squared loss on a fresh sample, in
 closed form: ``E[(<x, w> - y)^2] / 2 = (|w - w*|^2 + noise^2) / 2`` since ``x ~ N(0, I)``.
 
-    python -m tools.toy_regression --out runs/toy --seeds 0 1 2 3 4
+    python tools/experiments/toy_regression.py --out runs/toy --seeds 0 1 2 3 4
 """
+
+if not __package__:  # run as a file: the repository root, not tools/experiments/, goes first on sys.path
+    import os, sys
+    sys.path[0] = os.path.abspath(os.path.join(__file__, "..", "..", ".."))
 
 import argparse
 import dataclasses

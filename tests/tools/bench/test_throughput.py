@@ -1,4 +1,4 @@
-"""The FLOP formula against a hand count, the peak table lookup, and a tiny run of bench_throughput."""
+"""The FLOP formula against a hand count, the peak table lookup, and a tiny run of tools/bench/throughput.py."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import pytest
 
 from megatron_patch.arguments import parse_args, validate_args
 from megatron_patch.estimate import PEAK_TFLOPS, flops_per_token, mfu
-from tools.bench_throughput import abba, detect_gpu
-from tools.benchlib import ROOT
+from megatron_patch.launch import ROOT
+from tools.bench.throughput import detect_gpu
 
 
 def _preset(name):
@@ -54,16 +54,12 @@ def test_detect_gpu(name, key):
     assert key is None or key in PEAK_TFLOPS
 
 
-def test_abba_order():
-    assert abba(("u", "l"), 3) == ["u", "l", "l", "u", "u", "l"]
-
-
 def test_bench_throughput_runs_on_a_tiny_model(tmp_path):
     out = tmp_path / "figures.json"
     shape = ["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--ffn-hidden-size", "64",
              "--seq-length", "32", "--max-position-embeddings", "32", "--vocab-size", "256", "--micro-batch-size", "2"]
     proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "tools.bench_throughput", "--steps", "2", "--warmup", "1",
+        [sys.executable, "-W", "ignore", "-m", "tools.bench.throughput", "--steps", "2", "--warmup", "1",
          "--loss-reps", "2", "--peak-tflops", "1.0", "--json", str(out), "--", *shape],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -73,3 +69,15 @@ def test_bench_throughput_runs_on_a_tiny_model(tmp_path):
     assert f["tokens_per_s_per_device"] == pytest.approx(2 * 32 / (f["step_ms"]["uniform"] / 1000))
     assert f["mfu"] == pytest.approx(f["tokens_per_s_per_device"] * f["flops_per_token"] / 1e12)
     assert f["step_time_ratio"] > 0 and set(f["loss_func_ms"]) == {"uniform", "linupper"}
+    # The derived figures follow from the measured ones, and the report prints those numbers.
+    step, loss = f["step_ms"], f["loss_func_ms"]
+    assert f["step_time_ratio"] == pytest.approx(step["linupper"] / step["uniform"])
+    assert f["loss_func_extra_share"] == pytest.approx((loss["linupper"] - loss["uniform"]) / step["uniform"])
+    assert (f["peak_tflops"], f["peak_source"], f["global_batch_size"]) == (1.0, "--peak-tflops", 2)
+    assert f["model_tflops_per_device"] == pytest.approx(f["mfu"] * 1.0)
+    for line in (f"step time (median): uniform {step['uniform']:.1f} ms, linupper {step['linupper']:.1f} ms",
+                 f"tokens/s per device: {f['tokens_per_s_per_device']:.0f}",
+                 f"MFU: {f['mfu']:.1%} of 1.0 TFLOP/s (--peak-tflops)",
+                 f"reweighting (linupper): step time ratio {f['step_time_ratio']:.4f}; loss function "
+                 f"{loss['uniform']:.3f} -> {loss['linupper']:.3f} ms, extra = {f['loss_func_extra_share']:.3%} of the step"):
+        assert line in proc.stdout.splitlines()

@@ -1,21 +1,21 @@
 """End to end: ``make demo ARGS=--quick`` (the e2e test of the demo; about 1.5 minutes on 2 cores).
 
-Real fixture text, the corpus tools, two 2-process ``pretrain_llama.py`` runs and the report.
+Real fixture text, the corpus tools, two 2-process ``pretrain_llama.py`` runs and the report. The
+demo runs as a file from another directory (``python /abs/tools/demo/run.py``), which also checks
+that it finds the repository wherever it is started.
 """
 
 import json
 import math
 import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.tools.helpers import TOOLS, run_python
 
 
 def test_e2e_quick_demo(tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "tools.demo", "--quick", "--out", str(out),
-                           "--data", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_python([os.path.join(TOOLS, "demo", "run.py"), "--quick", "--out", str(out),
+                       "--data", str(tmp_path / "data")], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ETA" in proc.stdout and f"report: {out / 'summary.md'}" in proc.stdout
     summary = json.load(open(out / "summary.json"))

@@ -1,6 +1,6 @@
-"""The demo's report from synthetic metrics files, its progress lines and its torchrun command.
+"""tools/demo/report.py: the demo's report from synthetic metrics files.
 
-The end-to-end ``--quick`` run is in test_demo_e2e.py.
+The runner's tests are in test_run.py, the end-to-end ``--quick`` run in test_e2e.py.
 """
 
 import json
@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 
-from megatron_patch.logging_utils import console_line, validation_line
-from tools import demo
-from tools.demo_report import domain_names, summarise, weight_share_vs_data_share, write_report
+from tools.demo.run import QUICK
+from tools.demo.report import domain_names, load_runs, summarise, weight_share_vs_data_share, write_report
 
 DOMAINS = ("clean", "redundant")
 MANIFEST = {
@@ -50,23 +49,49 @@ def _records(strategy, final_train_loss):
     return out
 
 
-RUNS = {"uniform": _records("uniform", 3.0), "linupper": _records("linupper", 2.5)}
+RECORDS = {"uniform": _records("uniform", 3.0), "linupper": _records("linupper", 2.5)}
+
+
+def _write_metrics(directory, records_by_run):
+    """One metrics file per run, as ``--metrics-file`` writes them; ``{run: path}``."""
+    paths = {}
+    for name, records in records_by_run.items():
+        paths[name] = str(directory / f"{name}.jsonl")
+        with open(paths[name], "w") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def metrics_files(tmp_path_factory):
+    return _write_metrics(tmp_path_factory.mktemp("metrics"), RECORDS)
+
+
+@pytest.fixture(scope="module")
+def runs(metrics_files):
+    return load_runs(metrics_files)
+
+
+def test_runs_are_read_by_kind(runs):
+    assert runs["linupper"]["train"] == [r for r in RECORDS["linupper"] if r["kind"] == "train"]
+    assert runs["linupper"]["valid"] == [r for r in RECORDS["linupper"] if r["kind"] == "valid"]
+    assert [g["iteration"] for g in runs["linupper"]["group"]] == [3, 4] and runs["uniform"]["group"] == []
 
 
 def test_domain_ids_name_the_blend_order():
     assert domain_names(MANIFEST) == ["redundant", "clean"]
 
 
-def test_weight_share_is_averaged_over_reweighting_iterations_only():
-    shares = weight_share_vs_data_share(RUNS["linupper"])
+def test_weight_share_is_averaged_over_reweighting_iterations_only(runs):
+    shares = weight_share_vs_data_share(runs["linupper"]["train"])
     # iterations 3 and 4 only: clean (0.6 + 0.5) / 2, redundant (0.4 + 0.5) / 2
     assert shares["clean"] == pytest.approx({"weight_share": 0.55, "token_share": 0.6})
     assert shares["redundant"] == pytest.approx({"weight_share": 0.45, "token_share": 0.4})
-    assert weight_share_vs_data_share(RUNS["uniform"]) == {}
+    assert weight_share_vs_data_share(runs["uniform"]["train"]) == {}
 
 
-def test_summary_numbers():
-    summary = summarise(RUNS)
+def test_summary_numbers(runs):
+    summary = summarise(runs)
     assert summary["final_train_loss"] == pytest.approx({"uniform": 3.0, "linupper": 2.5})
     assert summary["final_valid_loss"] == pytest.approx({"uniform": 2.5, "linupper": 2.45})
     assert summary["valid_loss_difference"] == pytest.approx(-0.05)
@@ -78,10 +103,10 @@ def test_summary_numbers():
     assert summary["mean_max_weight"] == pytest.approx((1.5 + 1.6) / 2)
 
 
-def test_report_files(tmp_path):
-    context = {"recipe": dict(demo.QUICK, warmup=2, eval=2), "seed": 7, "wall_s": {"uniform": 10.0, "linupper": 11.0},
-               "machine": "test box", "date": "2026-01-01", "command": "python -m tools.demo --quick"}
-    summary = write_report(RUNS, MANIFEST, str(tmp_path), context)
+def test_report_files(tmp_path, metrics_files):
+    context = {"recipe": dict(QUICK, warmup=2, eval=2), "seed": 7, "wall_s": {"uniform": 10.0, "linupper": 11.0},
+               "machine": "test box", "date": "2026-01-01", "command": "python -m tools.demo.run --quick"}
+    summary = write_report(metrics_files, MANIFEST, str(tmp_path), context)
     assert json.load(open(tmp_path / "summary.json")) == json.loads(json.dumps(summary))
     assert summary["context"]["seed"] == 7
     text = (tmp_path / "summary.md").read_text()
@@ -99,9 +124,9 @@ def test_report_files(tmp_path):
         assert (tmp_path / name).stat().st_size > 5000
 
 
-def test_report_says_when_uniform_wins(tmp_path):
-    runs = {"uniform": RUNS["linupper"], "linupper": RUNS["uniform"]}
-    write_report(runs, MANIFEST, str(tmp_path))
+def test_report_says_when_uniform_wins(tmp_path, metrics_files):
+    swapped = {"uniform": metrics_files["linupper"], "linupper": metrics_files["uniform"]}
+    write_report(swapped, MANIFEST, str(tmp_path))
     text = (tmp_path / "summary.md").read_text()
     assert "0.0500 nats above uniform's (uniform is ahead" in text
 
@@ -114,39 +139,3 @@ def test_group_weights_are_the_library_weights():
     h = 2 * (losses - 1.0) / 4.0 - 1  # delta = 1
     s = torch.clamp(h + 1, max=1.0)  # LinUpper
     assert torch.allclose(sample_weights(losses, "linupper", 1.0, 1.0), torch.softmax(s / 1.0, 0))
-
-
-def test_progress_lines_parse_the_loop_output(capsys):
-    record = {"iteration": 10, "consumed_samples": 160, "ms_per_iter": 1400.0, "tokens_per_s": 2900, "lr": 1e-3,
-              "global_batch_size": 16, "lm loss": 6.5, "weighted loss": 6.4, "reweight r": None, "grad_norm": 1.0,
-              "skipped": 0, "nan_iterations": 0}
-    progress = demo.Progress(iters_per_run=100, runs=2)
-    progress.start_run(0)
-    progress.run_start -= 50.0  # with the shift below: 30 s before the first line, at iteration 10
-    progress.line("uniform", console_line(record, 100))  # no pace yet: no ETA
-    progress.first = (10, progress.first[1] - 20.0)  # 10 more iterations in 20 s: 2 s each
-    progress.line("uniform", console_line(dict(record, iteration=20), 100))
-    progress.line("uniform", validation_line({"iteration": 20, "loss": 5.0, "ppl": math.exp(5.0),
-                                              "domains": {"a": {"loss": 5.0, "ppl": math.exp(5.0)}}}))
-    progress.line("uniform", "some other line\n")
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
-    assert lines[0] == "[demo] uniform: iteration 10/100, lm loss 6.5000"
-    # 80 iterations left here, then the second run: 10 s of start-up (30 s to iteration 10 at
-    # 2 s each) and 100 iterations: 160 + 10 + 200 = 370 s
-    assert lines[1] == "[demo] uniform: iteration 20/100, lm loss 6.5000, 2.00 s/iteration, ETA 6m10s"
-    assert lines[2] == "[demo] uniform: validation at iteration 20: mean loss 5.0000, perplexity 148.41"
-
-
-def test_torchrun_command_is_the_recipe():
-    recipe = dict(demo.FULL, warmup=50, eval=62)
-    manifest = {"train_data_path": "0.5 /d/a 0.5 /d/b", "valid_data_path": "0.5 /d/a_v 0.5 /d/b_v",
-                "tokenizer_model": "/d/tok.model"}
-    cmd = demo.torchrun_command("linupper", manifest, recipe, "/r/metrics.jsonl", seed=3)
-    flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
-    assert flags["--nproc_per_node"] == "2"  # DP = 2: the real all-gather
-    assert cmd[cmd.index("--data-path") + 1:cmd.index("--valid-data-path")] == ["0.5", "/d/a", "0.5", "/d/b"]
-    assert flags["--global-batch-size"] == str(2 * recipe["micro"])  # one micro-batch per rank and step
-    assert (flags["--reweight-strategy"], flags["--reweight-r"], flags["--reweight-warmup-iters"]) == ("linupper", "1.0", "50")
-    assert (flags["--train-iters"], flags["--eval-interval"], flags["--seed"]) == ("250", "62", "3")
-    assert flags["--metrics-file"] == "/r/metrics.jsonl"

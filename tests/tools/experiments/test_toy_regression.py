@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reweighting import STRATEGIES
-from tools.toy_regression import ToyConfig, batch_order, expected_test_loss, main, make_problem, run, train
+from tools.experiments.toy_regression import ToyConfig, batch_order, expected_test_loss, main, make_problem, run, train
 
 SEEDS = (0, 1, 2, 3, 4)
 

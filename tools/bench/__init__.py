@@ -1,0 +1,1 @@
+"""The benchmarks (docs/benchmarks.md): one script per figure, the ABBA runner they share."""

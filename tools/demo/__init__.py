@@ -1,0 +1,1 @@
+"""The CPU demo (docs/demo.md): ``run`` trains uniform and LinUpper, ``report`` writes the summary."""

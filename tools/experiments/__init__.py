@@ -1,0 +1,1 @@
+"""Experiments outside the training loop (docs/toy_regression.md)."""
