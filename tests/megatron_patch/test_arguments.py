@@ -12,21 +12,21 @@ import pytest
 from megatron_patch.arguments import (
     NO_EFFECT_FLAGS,
     NO_EFFECT_VALUED_FLAGS,
-    ArgumentError,
     build_parser,
     no_effect_flags_given,
     padded_vocab_size,
     parse_args,
     split_fractions,
-    validate_args,
 )
+from megatron_patch.errors import ArgumentError
 from megatron_patch.estimate import parameter_count
+from tests.helpers.config import config_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def resolve(argv, family="gpt", world_size=1):
-    return validate_args(parse_args(argv, family=family), world_size)
+    return config_of(argv, family=family, world_size=world_size)
 
 
 # Written like examples/gpt3/train_gpt3_175b_distributed.sh (GPT-3 175B), with the flags we
@@ -74,31 +74,32 @@ def llama_closed_form(layers, h, heads, groups, head_dim, ffn, vocab):
 
 
 def test_gpt3_style_upstream_arguments(tmp_path):
-    args = resolve([*GPT3_ARGS, "--save", str(tmp_path), "--load", str(tmp_path)], world_size=8 * 16 * 8)
-    assert (args.normalization, args.position_embedding_type, args.swiglu) == ("LayerNorm", "learned_absolute", False)
-    assert not args.untie_embeddings_and_output_weights and not args.disable_bias_linear
-    assert (args.hidden_dropout, args.attention_dropout, args.ffn_hidden_size) == (0.1, 0.1, 4 * 12288)
-    assert args.data_parallel_size == 8 and args.num_microbatches == 192
-    assert args.lr_warmup_iters == pytest.approx(430)  # 0.001 of the 430,000 decay iterations
-    assert args.padded_vocab_size == 51200  # 50257 rounded up to a multiple of 128 x TP 8
-    assert parameter_count(args) == gpt3_closed_form(96, 12288, 51200, 2048) == 174_615_846_912
-    assert no_effect_flags_given(args) == ["--use-flash-attn", "--attention-backend"]
+    argv = [*GPT3_ARGS, "--save", str(tmp_path), "--load", str(tmp_path)]
+    config = resolve(argv, world_size=8 * 16 * 8)
+    assert (config.model.normalization, config.model.position_embedding_type, config.model.swiglu) == ("LayerNorm", "learned_absolute", False)
+    assert not config.model.untie_embeddings_and_output_weights and not config.model.disable_bias_linear
+    assert (config.model.hidden_dropout, config.model.attention_dropout, config.model.ffn_hidden_size) == (0.1, 0.1, 4 * 12288)
+    assert config.parallel.data_parallel_size == 8 and config.training.num_microbatches == 192
+    assert config.training.lr_warmup_iters == pytest.approx(430)  # 0.001 of the 430,000 decay iterations
+    assert config.model.padded_vocab_size == 51200  # 50257 rounded up to a multiple of 128 x TP 8
+    assert parameter_count(config.model) == gpt3_closed_form(96, 12288, 51200, 2048) == 174_615_846_912
+    assert no_effect_flags_given(argv, config) == ["--use-flash-attn", "--attention-backend"]
 
 
 def test_llama3_style_upstream_arguments():
-    args = resolve(LLAMA3_ARGS, world_size=8)
-    assert (args.normalization, args.position_embedding_type, args.swiglu) == ("RMSNorm", "rope", True)
-    assert (args.num_query_groups, args.kv_channels, args.rotary_base, args.rotary_percent) == (8, 128, 500000, 1.0)
-    assert args.sequence_parallel and args.cross_entropy_loss_fusion and args.data_parallel_size == 4
-    assert args.padded_vocab_size == 128256
+    config = resolve(LLAMA3_ARGS, world_size=8)
+    assert (config.model.normalization, config.model.position_embedding_type, config.model.swiglu) == ("RMSNorm", "rope", True)
+    assert (config.model.num_query_groups, config.model.kv_channels, config.model.rotary_base, config.model.rotary_percent) == (8, 128, 500000, 1.0)
+    assert config.parallel.sequence_parallel and config.model.cross_entropy_loss_fusion and config.parallel.data_parallel_size == 4
+    assert config.model.padded_vocab_size == 128256
     # Llama 3 8B: 8,030,261,248 parameters.
-    assert parameter_count(args) == llama_closed_form(32, 4096, 32, 8, 128, 14336, 128256) == 8_030_261_248
-    assert set(no_effect_flags_given(args)) == {
+    assert parameter_count(config.model) == llama_closed_form(32, 4096, 32, 8, 128, 14336, 128256) == 8_030_261_248
+    assert set(no_effect_flags_given(LLAMA3_ARGS, config)) == {
         "--use-mcore-models", "--manual-gc", "--fp8-param-gather",
         "--no-create-attention-mask-in-dataloader", "--no-mmap-bin-files", "--attention-backend",
         "--empty-unused-memory-level", "--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo"}
     # Communication options megatron-core DDP takes are real flags, passed through.
-    assert args.overlap_grad_reduce and args.overlap_param_gather and args.distributed_timeout_minutes == 60
+    assert config.parallel.overlap_grad_reduce and config.parallel.overlap_param_gather and config.parallel.distributed_timeout_minutes == 60
 
 
 def test_overlap_param_gather_needs_the_distributed_optimizer():
@@ -127,8 +128,8 @@ def test_unsupported_upstream_flags_are_errors_naming_them(flags, named):
 
 def test_every_no_effect_flag_is_accepted_and_reported():
     argv = [*NO_EFFECT_FLAGS, *(x for flag in NO_EFFECT_VALUED_FLAGS for x in (flag, "1"))]
-    args = resolve(["--model", "tiny", "--mock-data", "--train-iters", "1", "--vocab-size", "100", *argv])
-    assert set(no_effect_flags_given(args)) == set(NO_EFFECT_FLAGS) | set(NO_EFFECT_VALUED_FLAGS)
+    config = resolve(["--model", "tiny", "--mock-data", "--train-iters", "1", "--vocab-size", "100", *argv])
+    assert set(no_effect_flags_given(argv, config)) == set(NO_EFFECT_FLAGS) | set(NO_EFFECT_VALUED_FLAGS)
 
 
 def test_upstream_defaults_for_omitted_shape_flags():
@@ -140,8 +141,9 @@ def test_upstream_defaults_for_omitted_shape_flags():
     assert parse_args([*base, "--group-query-attention"], family="gpt").num_query_groups == 1
     assert parse_args(base, family="gpt").num_query_groups == 32
     # --sequence-parallel without TP is turned off, as upstream does, and reported.
-    args = resolve([*base, "--sequence-parallel", "--mock-data", "--train-iters", "1"])
-    assert not args.sequence_parallel and no_effect_flags_given(args) == ["--sequence-parallel"]
+    argv = [*base, "--sequence-parallel", "--mock-data", "--train-iters", "1"]
+    config = resolve(argv)
+    assert not config.parallel.sequence_parallel and no_effect_flags_given(argv, config) == ["--sequence-parallel"]
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -195,20 +197,20 @@ def test_split_fractions_as_megatron_core_reads_them():
     ("gpt2-large", (36, 768, 24, 3072, 50257, 512), 294e6),
 ])
 def test_presets_are_the_papers_shapes(preset, shape, params):
-    args = resolve(["--model", preset, "--mock-data", "--train-iters", "1"], family="llama")
-    assert (args.num_layers, args.hidden_size, args.num_attention_heads, args.ffn_hidden_size, args.vocab_size,
-            args.seq_length) == shape
-    assert parameter_count(args) == pytest.approx(params, rel=0.005)
+    config = resolve(["--model", preset, "--mock-data", "--train-iters", "1"], family="llama")
+    assert (config.model.num_layers, config.model.hidden_size, config.model.num_attention_heads, config.model.ffn_hidden_size, config.model.vocab_size,
+            config.model.seq_length) == shape
+    assert parameter_count(config.model) == pytest.approx(params, rel=0.005)
 
 
 def test_explicit_flags_override_the_preset():
-    args = resolve(["--model", "llama-7b", "--num-layers", "2", "--seq-length", "128", "--mock-data",
+    config = resolve(["--model", "llama-7b", "--num-layers", "2", "--seq-length", "128", "--mock-data",
                     "--train-iters", "1", "--rotary-base", "500000"], family="llama")
-    assert (args.num_layers, args.seq_length, args.hidden_size, args.rotary_base) == (2, 128, 4096, 500000)
-    args = resolve(["--model", "llama-7b", "--mock-data", "--train-iters", "1"], family="gpt")
+    assert (config.model.num_layers, config.model.seq_length, config.model.hidden_size, config.model.rotary_base) == (2, 128, 4096, 500000)
+    config = resolve(["--model", "llama-7b", "--mock-data", "--train-iters", "1"], family="gpt")
     # The preset beats the family: pretrain_gpt.py --model llama-7b is the Llama layout.
-    assert (args.normalization, args.swiglu, args.rotary_base, args.rotary_percent) == ("RMSNorm", True, 10000, 1.0)
-    assert args.untie_embeddings_and_output_weights and args.disable_bias_linear and args.hidden_dropout == 0.0
+    assert (config.model.normalization, config.model.swiglu, config.model.rotary_base, config.model.rotary_percent) == ("RMSNorm", True, 10000, 1.0)
+    assert config.model.untie_embeddings_and_output_weights and config.model.disable_bias_linear and config.model.hidden_dropout == 0.0
 
 
 def test_padded_vocab_size():

@@ -6,7 +6,7 @@ import pytest
 
 import pretrain_gpt
 import pretrain_llama
-from megatron_patch.arguments import ArgumentError, parse_args, validate_args
+from megatron_patch.errors import ArgumentError
 from megatron_patch.estimate import (
     dry_run_report,
     flops_per_token,
@@ -15,10 +15,11 @@ from megatron_patch.estimate import (
     parameter_count,
     tokens_per_step,
 )
+from tests.helpers.config import config_of
 
 
-def _args(argv, world_size=1, family="llama"):
-    return validate_args(parse_args([*argv, "--mock-data", "--train-iters", "1"], family=family), world_size)
+def _config(argv, world_size=1, family="llama"):
+    return config_of([*argv, "--mock-data", "--train-iters", "1"], family=family, world_size=world_size)
 
 
 def test_flops_per_token_llama_1_4b_by_hand():
@@ -29,7 +30,7 @@ def test_flops_per_token_llama_1_4b_by_hand():
     attention = 24 * (2 * 4096 * 2048 + 2 * 4096 * 2048) // 2  # 402,653,184
     forward = 2 * weights + attention
     assert 3 * forward == 8_999_927_808  # forward + backward (2 x forward)
-    assert flops_per_token(_args(["--model", "llama-1.4b"])) == 8_999_927_808
+    assert flops_per_token(_config(["--model", "llama-1.4b"]).model) == 8_999_927_808
 
 
 def test_flops_per_token_llama_7b_by_hand():
@@ -37,7 +38,7 @@ def test_flops_per_token_llama_7b_by_hand():
     weights = 32 * layer + 32000 * 4096  # 6,607,077,376
     attention = 32 * (2 * 4096 * 4096 + 2 * 4096 * 4096) // 2  # 1,073,741,824
     assert 3 * (2 * weights + attention) == 42_863_689_728
-    assert flops_per_token(_args(["--model", "llama-7b"])) == 42_863_689_728
+    assert flops_per_token(_config(["--model", "llama-7b"]).model) == 42_863_689_728
 
 
 def test_flops_per_token_with_grouped_query_attention_by_hand():
@@ -47,20 +48,20 @@ def test_flops_per_token_with_grouped_query_attention_by_hand():
     layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336
     weights = 32 * layer + 128256 * 4096
     attention = 32 * 2 * 8192 * 4096  # half of 4 s d
-    assert flops_per_token(_args(argv)) == 3 * (2 * weights + attention)
+    assert flops_per_token(_config(argv).model) == 3 * (2 * weights + attention)
 
 
 def test_memory_estimate_scales_with_the_layout():
     base = ["--model", "llama-7b", "--bf16", "--micro-batch-size", "2"]
-    one = memory_per_gpu(_args(base, world_size=64))
+    one = memory_per_gpu(_config(base, world_size=64))
     params = 32 * 202_383_360 + 2 * 32000 * 4096  # layers (with their two norms) and both embeddings
     assert one.weights_gib == pytest.approx(params * 2 / 2**30)
     assert one.optimizer_gib == pytest.approx(params * 12 / 2**30)
-    sharded = memory_per_gpu(_args([*base, "--use-distributed-optimizer"], world_size=64))
+    sharded = memory_per_gpu(_config([*base, "--use-distributed-optimizer"], world_size=64))
     assert sharded.optimizer_gib == pytest.approx(one.optimizer_gib / 64)
-    tp2 = memory_per_gpu(_args([*base, "--tensor-model-parallel-size", "2"], world_size=64))
+    tp2 = memory_per_gpu(_config([*base, "--tensor-model-parallel-size", "2"], world_size=64))
     assert tp2.weights_gib == pytest.approx(one.weights_gib / 2)
-    sp = memory_per_gpu(_args([*base, "--tensor-model-parallel-size", "2", "--sequence-parallel"], world_size=64))
+    sp = memory_per_gpu(_config([*base, "--tensor-model-parallel-size", "2", "--sequence-parallel"], world_size=64))
     assert sp.activations_gib < tp2.activations_gib
 
 
@@ -72,46 +73,46 @@ def test_activations_are_korthikantis_formula_for_the_gpt3_layout(tp):
     s_, b, h, a = 2048, 4, 1024, 16
     base = ["--num-layers", "4", "--hidden-size", str(h), "--num-attention-heads", str(a), "--seq-length", str(s_),
             "--micro-batch-size", str(b), "--bf16", "--vocab-size", "1000", "--tensor-model-parallel-size", str(tp)]
-    gpt3 = _args(base, world_size=tp, family="gpt")  # GELU 4h MLP, dropout 0.1: upstream's defaults
+    gpt3 = _config(base, world_size=tp, family="gpt")  # GELU 4h MLP, dropout 0.1: upstream's defaults
     assert layer_activation_bytes(gpt3) == pytest.approx(s_ * b * h * (10 + 24 / tp))
-    local = _args([*base, "--transformer-impl", "local"], world_size=tp, family="gpt")
+    local = _config([*base, "--transformer-impl", "local"], world_size=tp, family="gpt")
     assert layer_activation_bytes(local) == pytest.approx(s_ * b * h * (10 + 24 / tp) + 5 * a * s_ * s_ * b / tp)
     if tp > 1:
-        sp = _args([*base, "--sequence-parallel"], world_size=tp, family="gpt")
+        sp = _config([*base, "--sequence-parallel"], world_size=tp, family="gpt")
         assert layer_activation_bytes(sp) == pytest.approx(s_ * b * h * 34 / tp)
 
 
 def test_memory_of_llama_1_4b_by_hand():
-    args = _args(["--model", "llama-1.4b", "--bf16", "--micro-batch-size", "2", "--use-distributed-optimizer"],
+    config = _config(["--model", "llama-1.4b", "--bf16", "--micro-batch-size", "2", "--use-distributed-optimizer"],
                  world_size=64)
     # Kept per token and layer, 2 bytes each: two norm inputs and two matmul inputs (4 x 2048), q, k, v
     # and the attention output (4 x 2048), SwiGLU gate and up outputs (2 x 5632), their product (5632).
     per_token = 2 * (4 * 2048 + 4 * 2048 + 2 * 5632 + 5632)
     logits = 8 * 2 * 4096 * 32000  # fp32 logits and softmax of the micro-batch
-    mem = memory_per_gpu(args)
+    mem = memory_per_gpu(config)
     assert mem.activations_gib == pytest.approx((24 * 2 * 4096 * per_token + logits) / 2**30)
     assert mem.weights_gib == pytest.approx(1_364_297_728 * 2 / 2**30)
     assert mem.optimizer_gib == pytest.approx(1_364_297_728 * 12 / 64 / 2**30)
-    assert tokens_per_step(args) == 128 * 4096
+    assert tokens_per_step(config) == 128 * 4096
 
 
 def test_memory_of_the_busiest_pipeline_stage_by_hand():
     # llama-7b, PP=4: 8 layers a stage, 4 micro-batches a step; 1F1B keeps 4 in flight on the first
     # stage (with the input embedding) and 1 on the last (with the output layer and the logits).
-    args = _args(["--model", "llama-7b", "--bf16", "--micro-batch-size", "2", "--pipeline-model-parallel-size", "4",
+    config = _config(["--model", "llama-7b", "--bf16", "--micro-batch-size", "2", "--pipeline-model-parallel-size", "4",
                   "--global-batch-size", "128"],
                  world_size=64)
     per_layer = 2 * 4096 * 2 * (4 * 4096 + 4 * 4096 + 2 * 11008 + 11008)
-    mem = memory_per_gpu(args)
+    mem = memory_per_gpu(config)
     assert mem.activations_gib == pytest.approx(8 * 4 * per_layer / 2**30)
     assert mem.weights_gib == pytest.approx((8 * 202_383_360 + 32000 * 4096) * 2 / 2**30)
 
 
 def test_dry_run_needs_the_vocabulary():
-    args = _args(["--model", "tiny", "--dry-run"])
+    config = _config(["--model", "tiny", "--dry-run"])
     with pytest.raises(ArgumentError, match="--vocab-size"):
-        dry_run_report(args)
-    assert "parameters: " in dry_run_report(_args(["--model", "tiny", "--dry-run", "--vocab-size", "8000"]))
+        dry_run_report(config)
+    assert "parameters: " in dry_run_report(_config(["--model", "tiny", "--dry-run", "--vocab-size", "8000"]))
 
 
 def _reported_parameters(text: str) -> int:

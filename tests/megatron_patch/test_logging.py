@@ -1,40 +1,13 @@
-"""Logging surfaces: the console line, metrics-file records, tensorboard scalars, weight-health flags."""
+"""Logging surfaces: the console line, metrics-file records and their reader, tensorboard scalars, the accumulator."""
 
 import json
 import math
 
-import pytest
+import torch
 
-from megatron_patch.arguments import ArgumentError, parse_args
-from megatron_patch.health import WeightHealth, WeightHealthConfig
-from megatron_patch.logging_utils import MetricsSink, _scalars, console_line, summarise_train, validation_line
-
-
-def _health(argv):
-    return WeightHealthConfig.from_args(parse_args(["--model", "tiny", *argv]))
-
-
-def test_weight_health_flags_reach_the_config():
-    assert _health([]) == WeightHealthConfig()
-    config = _health(["--weight-collapse-min-ess", "0.3", "--weight-collapse-max-weight", "8",
-                      "--weight-collapse-patience", "2"])
-    assert config == WeightHealthConfig(min_ess=0.3, max_weight=8.0, patience=2)
-    with pytest.raises(ValueError, match="--weight-collapse-patience 0"):
-        _health(["--weight-collapse-patience", "0"])
-    with pytest.raises(ArgumentError, match="--reweight-health-min-ess"):
-        parse_args(["--model", "tiny", "--reweight-health-min-ess", "0.2"])  # not ours: named, not ignored
-
-
-def test_weight_health_needs_consecutive_bad_intervals_and_reaches_tensorboard():
-    health = WeightHealth(_health(["--weight-collapse-patience", "3", "--weight-collapse-max-weight", "0"]))
-    ess = [0.05, 0.05, 0.5, 0.05, 0.05, 0.05, 0.05]  # ESS/N per log interval; default bound 0.1
-    records = [{"kind": "train", "iteration": 10 * (i + 1), "ess": e, "max_weight": 50.0} for i, e in enumerate(ess)]
-    warnings = [health.check(r) for r in records]
-    # A healthy interval resets the count; N x max weight is off (0); warned at 3 and 4 bad in a row.
-    assert [w is not None for w in warnings] == [False, False, False, False, False, True, True]
-    assert "iteration 60 for 3 log intervals" in warnings[5] and "ESS/N 0.050 < 0.1" in warnings[5]
-    assert [r["weight_collapse"] for r in records] == [0, 0, 0, 0, 0, 1, 1]
-    assert _scalars(records[5])["weight_collapse"] == 1.0
+from megatron_patch.logging_utils import (MetricsSink, ReportAccumulator, _scalars, console_line, read_metrics,
+                                          summarise_train, validation_line)
+from megatron_patch.loss import GROUP_LOSSES
 
 
 def test_summarise_train_means_and_domains():
@@ -82,3 +55,13 @@ def test_metrics_file_is_strict_json_lines(tmp_path):
     assert _scalars(valid) == {"valid/loss": 2.0, "valid/ppl": math.exp(2.0), "valid/books/loss": 2.0,
                                "valid/books/ppl": math.exp(2.0)}
     assert validation_line(valid).startswith(" validation at iteration        1 | loss: 2.000000E+00 |")
+    assert read_metrics(str(path)) == rows and read_metrics(str(path), kind="valid") == [rows[1]]
+
+
+def test_accumulator_sums_pairs_and_leaves_the_group_out():
+    reports = [{"lm loss": torch.tensor([4.0, 2.0]), GROUP_LOSSES: torch.tensor([1.0, 2.0, 3.0])},
+               {"lm loss": torch.tensor([6.0, 3.0]), GROUP_LOSSES: torch.tensor([4.0, 5.0, 6.0])}, {}]
+    acc = ReportAccumulator()
+    acc.add(reports)
+    acc.add(reports[:1])
+    assert {k: [t.tolist() for t in v.unbind(0)] for k, v in acc.blocks.items()} == {("lm loss",): [[14.0, 7.0]]}

@@ -1,53 +1,46 @@
 """The loss function's contract on plain tensors, its config, flags and start-up refusals."""
 
-import argparse
 import math
 
 import pytest
 import torch
-from distributed import rank_device
 from megatron.core import parallel_state as ps
 
-from megatron_patch.loss import (
-    ReweightConfig,
-    add_reweight_args,
-    check_reweighting_supported,
-    make_loss_func,
-    per_sample_loss,
-    reweighted_loss,
-)
+from megatron_patch.arguments import build_parser
+from megatron_patch.errors import ArgumentError
+from megatron_patch.loss import GROUP_DOMAINS, GROUP_LOSSES, ReweightConfig, SampleLoss, check_reweighting_supported
+from megatron_patch.loss import per_sample_loss, reweighted_loss
 from reweighting import TemperatureSchedule, sample_weights, weight_stats
+from tests.helpers.config import config_of
+from tests.helpers.distributed import rank_device
 
 
-def _parse(*argv):
-    return add_reweight_args(argparse.ArgumentParser()).parse_args(list(argv))
+def _reweight(*argv):
+    return config_of(["--model", "tiny", "--mock-data", "--vocab-size", "64", "--train-iters", "1", *argv]).reweight
 
 
 def test_flags_build_the_config():
-    config = ReweightConfig.from_args(
-        _parse(
-            "--reweight-strategy", "linupper", "--reweight-r", "0.4", "--reweight-delta", "2",
-            "--reweight-warmup-iters", "10", "--reweight-warmup-mode", "large-r",
-            "--reweight-warmup-r", "50", "--reweight-ramp-iters", "4",
-        )
+    config = _reweight(
+        "--reweight-strategy", "linupper", "--reweight-r", "0.4", "--reweight-delta", "2",
+        "--reweight-warmup-iters", "10", "--reweight-warmup-mode", "large-r",
+        "--reweight-warmup-r", "50", "--reweight-ramp-iters", "4",
     )
-    assert config == ReweightConfig(
-        strategy="linupper", delta=2.0,
-        schedule=TemperatureSchedule(target_r=0.4, warmup_iters=10, warmup_mode="large-r", warmup_r=50.0, ramp_iters=4),
-    )
+    assert config == ReweightConfig(strategy="linupper", r=0.4, delta=2.0, warmup_iters=10, warmup_mode="large-r",
+                                    warmup_r=50.0, ramp_iters=4)
+    assert config.schedule == TemperatureSchedule(target_r=0.4, warmup_iters=10, warmup_mode="large-r",
+                                                  warmup_r=50.0, ramp_iters=4)
     assert config.r_at(0) == 50.0 and config.r_at(12) == pytest.approx(25.2) and config.r_at(14) == 0.4
 
 
 def test_flag_defaults_are_the_dataclass_defaults():
-    assert ReweightConfig.from_args(_parse()) == ReweightConfig()
+    assert _reweight() == ReweightConfig()
     assert ReweightConfig().r_at(10**6) == math.inf  # uniform never reweights
 
 
-def test_help_comes_from_the_field_docstrings():
-    parser = add_reweight_args(argparse.ArgumentParser())
-    text = parser.format_help()
-    assert "Half-width of the min-max normalised loss range" in text
-    assert "The temperature after warm-up and ramp." in text
+def test_help_comes_from_the_field_metadata():
+    text = " ".join(build_parser("llama").format_help().split())
+    assert "half-width of the min-max normalised loss range [-delta, delta] (default: 1.0)" in text
+    assert "the temperature after warm-up and ramp (smaller reweights harder) (default: 1.0)" in text
 
 
 @pytest.mark.parametrize(
@@ -62,13 +55,13 @@ def test_help_comes_from_the_field_docstrings():
     ],
 )
 def test_invalid_values_name_their_flag(argv, flag):
-    with pytest.raises(ValueError, match=f"^{flag} "):
-        ReweightConfig.from_args(_parse(*argv))
+    with pytest.raises(ArgumentError, match=f"^{flag} "):
+        _reweight(*argv)
 
 
 def test_unknown_strategy_is_refused_by_argparse():
-    with pytest.raises(SystemExit):
-        _parse("--reweight-strategy", "upper")
+    with pytest.raises(ArgumentError, match="--reweight-strategy: invalid choice: 'upper'"):
+        _reweight("--reweight-strategy", "upper")
 
 
 def test_refusals_name_the_flag_and_the_fix():
@@ -113,10 +106,20 @@ def test_uniform_is_the_stock_loss_without_a_process_group():
 
 def test_a_uniform_warmup_is_the_stock_loss():
     token_loss, mask = _token_batch()
-    config = ReweightConfig("linupper", schedule=TemperatureSchedule(target_r=0.5, warmup_iters=3))
-    loss, _, report = make_loss_func(mask, config, iteration=2, dp_group=None)(token_loss)
+    boundary = SampleLoss(ReweightConfig("linupper", r=0.5, warmup_iters=3), dp_group=None)
+    boundary.start_step(2)
+    loss, _, report = boundary.loss_func(mask)(token_loss)
     assert torch.equal(loss, torch.sum(token_loss.view(-1) * mask.view(-1)))
-    assert "ess" not in report
+    assert "ess" not in report and GROUP_LOSSES not in report
+    boundary.start_step(3)  # the first reweighted step needs the DP group
+    with pytest.raises(ValueError, match="dp_group is required"):
+        boundary.loss_func(mask)(token_loss)
+
+
+def test_a_reduced_loss_is_refused():
+    token_loss, mask = _token_batch()
+    with pytest.raises(RuntimeError, match=r"returned \(\), not per-token losses"):
+        reweighted_loss(mask, token_loss.sum(), strategy="linupper", r=1.0, dp_group=None)
 
 
 def test_reweighting_needs_an_explicit_dp_group():
@@ -131,23 +134,20 @@ def check_report_over_dp(dp_size):
     rank = ps.get_data_parallel_rank()
     b, num_domains, r = 3, 2, 0.7
     totals, expected_weighted, expected_ess, expected_mass, domain_sums = {}, [], [], [], torch.zeros(2, 2)
-    seen_groups = []
     for micro in range(2):
         batches = [_token_batch(b, seed=10 * micro + k) for k in range(dp_size)]
         domains = [torch.tensor([k % 2, 1, 0], device=rank_device()) for k in range(dp_size)]
         token_loss, mask = batches[rank]
         token_loss = token_loss.clone().requires_grad_(True)
-        loss, num_tokens, report = reweighted_loss(
-            mask, token_loss, strategy="quadratic", r=r, dp_group=dp_group,
-            domain_ids=domains[rank], num_domains=num_domains,
-            on_group=lambda losses, ids: seen_groups.append((losses, ids)),
-        )
+        boundary = SampleLoss(ReweightConfig("quadratic", r=r), dp_group, num_domains=num_domains)
+        loss, num_tokens, report = boundary.loss_func(mask, domains[rank])(token_loss)
+        group_losses, group_ids = report.pop(GROUP_LOSSES), report.pop(GROUP_DOMAINS)
         for key, value in report.items():
             totals[key] = totals.get(key, 0) + value
         # Independent: the concatenated group, in one process.
         all_losses = torch.cat([per_sample_loss(t, m)[0] for t, m in batches])
-        torch.testing.assert_close(seen_groups[micro][0], all_losses)
-        assert torch.equal(seen_groups[micro][1], torch.cat(domains))
+        torch.testing.assert_close(group_losses, all_losses)
+        assert torch.equal(group_ids, torch.cat(domains))
         for (t, m), ids in zip(batches, domains):
             for d in range(num_domains):
                 rows = ids == d

@@ -16,10 +16,10 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from tiny_gpt import SEQ, build_gpt, gpt_forward, make_batches, rank_slice
+from tests.helpers.tiny_gpt import SEQ, build_gpt, gpt_forward, make_batches, rank_slice
 
 import megatron_patch.loss as loss_mod
-from reweighting import TemperatureSchedule, sample_weights
+from reweighting import sample_weights
 
 MICRO = 2  # samples per DP rank per micro-batch
 NUM_MICRO = 2
@@ -114,10 +114,8 @@ def check_layout(nan_at=()):
                     bad = torch.zeros_like(output_tensor)
                     bad[sample % MICRO, 0] = float("nan")
                     output_tensor = output_tensor + bad
-            out = loss_mod.make_loss_func(
-                batch["loss_mask"], loss_mod.ReweightConfig("linupper", schedule=TemperatureSchedule(R)),
-                iteration=0, dp_group=dp_group,
-            )(output_tensor)
+            boundary = loss_mod.SampleLoss(loss_mod.ReweightConfig("linupper", r=R), dp_group)
+            out = boundary.loss_func(batch["loss_mask"])(output_tensor)
             assert torch.isfinite(out[0]), "a non-finite sample must not make the loss non-finite"
             reports.append(out[2])
             return out
@@ -173,7 +171,7 @@ def check_uniform_is_stock():
     grads = []
     for loss_func_for in (
         _stock_loss_func,
-        lambda batch: loss_mod.make_loss_func(batch["loss_mask"], config, iteration=5, dp_group=dp_group),
+        lambda batch: loss_mod.SampleLoss(config, dp_group).loss_func(batch["loss_mask"]),
     ):
         model = _wrap_ddp(build_gpt(), distributed_optimizer=False)
         _run_schedule(model, batches, loss_func_for)
@@ -198,10 +196,10 @@ def check_optimizer_step(expected, distributed_optimizer):
     dp_group = ps.get_data_parallel_group()
     dp_rank = ps.get_data_parallel_rank()
     batches = [rank_slice(b, dp_rank, MICRO) for b in make_batches(NUM_MICRO, ps.get_data_parallel_world_size() * MICRO)]
-    rw = loss_mod.ReweightConfig("linupper", schedule=TemperatureSchedule(R))
+    rw = loss_mod.SampleLoss(loss_mod.ReweightConfig("linupper", r=R), dp_group)
     model.zero_grad_buffer()
     optimizer.zero_grad()
-    _run_schedule(model, batches, lambda batch: loss_mod.make_loss_func(batch["loss_mask"], rw, 0, dp_group))
+    _run_schedule(model, batches, lambda batch: rw.loss_func(batch["loss_mask"]))
     finalize_model_grads([model])
     update_ok, _, _ = optimizer.step()
     assert update_ok

@@ -6,19 +6,21 @@ Models are built in one real process group (world size 1, gloo on CPU) started b
 
 import pytest
 import torch
+from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
 import pretrain_gpt
-from megatron_patch.arguments import ArgumentError, parse_args, validate_args
+from megatron_patch.errors import ArgumentError
 from megatron_patch.estimate import parameter_count
-from megatron_patch.loss import ReweightConfig
+from megatron_patch.loss import ReweightConfig, SampleLoss
 from megatron_patch.model import (
     check_per_token_loss_path,
     gpt_model_provider,
     layer_spec,
-    transformer_config_from_args,
+    transformer_config,
     transformer_engine_available,
 )
+from tests.helpers.config import config_of
 
 TINY = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "16",
         "--vocab-size", "100", "--mock-data", "--train-iters", "1"]
@@ -36,17 +38,17 @@ SHAPES = [
 ]
 
 
-def _args(family, extra, world_size=1):
-    return validate_args(parse_args([*TINY, *extra], family=family), world_size)
+def _config(family, extra, world_size=1):
+    return config_of([*TINY, *extra], family=family, world_size=world_size)
 
 
 def _count_models(shapes):
     tensor_parallel.model_parallel_cuda_manual_seed(1)
     out = []
     for family, extra in shapes:
-        args = _args(family, extra)
-        model = gpt_model_provider(args)
-        out.append((sum(p.numel() for p in model.parameters()), parameter_count(args)))
+        config = _config(family, extra)
+        model = gpt_model_provider(config)
+        out.append((sum(p.numel() for p in model.parameters()), parameter_count(config.model)))
     return out
 
 
@@ -79,36 +81,35 @@ def _loss_path_checks():
             return str(err)
         return "ok"
 
-    plain = gpt_model_provider(_args("llama", []))
+    plain = gpt_model_provider(_config("llama", []))
     results["plain"] = outcome(plain)
     results["not a GPTModel"] = outcome(torch.nn.Linear(2, 2))
     results["wrapped"] = outcome(type("DDP", (), {"module": plain})())  # DDP and Float16Module keep .module
-    results["tied"] = outcome(gpt_model_provider(_args("gpt", [])))
-    results["fused native"] = outcome(gpt_model_provider(_args("llama", ["--cross-entropy-loss-fusion"])))
-    te = gpt_model_provider(_args("llama", ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl", "te"]))
+    results["tied"] = outcome(gpt_model_provider(_config("gpt", [])))
+    results["fused native"] = outcome(gpt_model_provider(_config("llama", ["--cross-entropy-loss-fusion"])))
+    te = gpt_model_provider(_config("llama", ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl", "te"]))
     results["fused te"] = outcome(te)
     results["fused te, uniform"] = outcome(te, ReweightConfig())
-    reduced = _ReducedLossGPT.patch(gpt_model_provider(_args("llama", [])))
+    reduced = _ReducedLossGPT.patch(gpt_model_provider(_config("llama", [])))
     results["reduced"] = outcome(reduced)
     results["reduced, uniform"] = outcome(reduced, ReweightConfig())
-    mtp = gpt_model_provider(_args("llama", []))
+    mtp = gpt_model_provider(_config("llama", []))
     mtp.config.mtp_num_layers = 1
     results["mtp"] = outcome(mtp)
 
-    # The forward step refuses a reduced output even when start-up was skipped: never unweighted.
-    class Step:
-        def loss_func(self, loss_mask, domain_ids=None):
-            return None
-
+    # The loss refuses a reduced output even when start-up was skipped: never unweighted.
+    loss = SampleLoss(linupper, ps.get_data_parallel_group())
     batch = {"tokens": torch.zeros(2, 16, dtype=torch.long), "labels": torch.zeros(2, 16, dtype=torch.long),
              "loss_mask": torch.ones(2, 16), "position_ids": torch.arange(16).expand(2, 16)}
+    output, loss_func = pretrain_gpt.forward_step(iter([batch]), reduced, loss=loss)
     try:
-        pretrain_gpt.forward_step(iter([batch]), reduced, Step())
+        loss_func(output)
         results["forward step"] = "ok"
     except RuntimeError as err:
         results["forward step"] = str(err)
-    output, _ = pretrain_gpt.forward_step(iter([batch]), plain, Step())
+    output, loss_func = pretrain_gpt.forward_step(iter([batch]), plain, loss=loss)
     results["forward step, per token"] = tuple(output.shape)
+    results["forward step, loss"] = bool(torch.isfinite(loss_func(output)[0]))
     return results
 
 
@@ -122,11 +123,11 @@ def test_per_token_loss_path_is_checked(run_distributed):
     assert "multi-token prediction" in r["mtp"]
     assert all("\n" not in v for v in r.values() if isinstance(v, str))
     assert "not per-token losses" in r["forward step"]
-    assert r["forward step, per token"] == (2, 16)
+    assert r["forward step, per token"] == (2, 16) and r["forward step, loss"]
 
 
 def _config_fields(argv):
-    config = transformer_config_from_args(_args("llama", argv, world_size=2))
+    config = transformer_config(_config("llama", argv, world_size=2))
     return {name: getattr(config, name) for name in (
         "num_query_groups", "kv_channels", "ffn_hidden_size", "init_method_std", "hidden_dropout",
         "attention_dropout", "layernorm_epsilon", "sequence_parallel", "layernorm_zero_centered_gamma",
@@ -149,7 +150,7 @@ def test_norm_flags_the_torch_norm_cannot_do_are_refused(flags):
     if transformer_engine_available():
         pytest.skip("Transformer Engine's norms support zero-centred weights and sequence parallelism")
     with pytest.raises(ArgumentError, match=f"{flags[-1]} needs Transformer Engine's or apex's norms"):
-        layer_spec(_args("llama", flags, world_size=2))
+        layer_spec(_config("llama", flags, world_size=2))
 
 
 def test_transformer_impl_selects_the_layer_spec(monkeypatch):
@@ -159,6 +160,6 @@ def test_transformer_impl_selects_the_layer_spec(monkeypatch):
     te_spec = object()
     monkeypatch.setattr(model_module, "transformer_engine_available", lambda: True)
     monkeypatch.setattr(model_module, "get_gpt_layer_with_transformer_engine_spec", lambda: te_spec)
-    assert layer_spec(_args("llama", [])) is te_spec
-    local = layer_spec(_args("llama", ["--transformer-impl", "local"]))
+    assert layer_spec(_config("llama", [])) is te_spec
+    local = layer_spec(_config("llama", ["--transformer-impl", "local"]))
     assert local is not te_spec and local.submodules.input_layernorm is not None

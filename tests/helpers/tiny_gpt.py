@@ -7,7 +7,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
-from distributed import rank_device
+from tests.helpers.distributed import rank_device
 
 VOCAB = 64
 SEQ = 16

@@ -1,0 +1,53 @@
+"""Checkpoint markers, the resume guards and the run record (the loading itself: tests/e2e/test_resume.py)."""
+
+import json
+
+import pytest
+
+from megatron_patch.checkpointing import MARKER, LoopState, check_resume, load_checkpoint, read_marker, write_run_record
+from megatron_patch.errors import ArgumentError
+from tests.helpers.config import tiny_config
+
+
+def test_marker_states(tmp_path):
+    assert read_marker(str(tmp_path / "missing")) is None
+    assert read_marker(str(tmp_path)) is None  # empty: a fresh start
+    (tmp_path / "iter_0000002").mkdir()
+    with pytest.raises(ArgumentError, match=f"no {MARKER}"):
+        read_marker(str(tmp_path))  # an interrupted first save
+    (tmp_path / MARKER).write_text("banana")
+    with pytest.raises(ArgumentError, match="not an iteration"):
+        read_marker(str(tmp_path))
+    (tmp_path / MARKER).write_text("2")
+    assert read_marker(str(tmp_path)) == 2
+    (tmp_path / "iter_0000002" / "model.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(ArgumentError, match="not a readable checkpoint of this project"):
+        load_checkpoint(str(tmp_path), model=None, optimizer=None)  # foreign: fails before touching the model
+    (tmp_path / MARKER).write_text("5")
+    with pytest.raises(ArgumentError, match="iter_0000005 is missing"):
+        load_checkpoint(str(tmp_path), model=None, optimizer=None)
+
+
+def test_resume_guards_refuse_another_group_or_blend():
+    blend = {"prefixes": ["a", "b"], "weights": [0.3, 0.7]}
+    saved = LoopState(layout={"dp": 2, "tp": 1, "pp": 1, "cp": 1}, blend=blend)
+    check_resume(saved, LoopState(layout={"dp": 2, "tp": 2, "pp": 1, "cp": 1}, blend=blend), override_blend=False)
+    with pytest.raises(ArgumentError, match="data-parallel size 2, this run has 4"):
+        check_resume(saved, LoopState(layout={"dp": 4}, blend=blend), override_blend=False)
+    other = {"prefixes": ["a", "b"], "weights": [0.5, 0.5]}
+    with pytest.raises(ArgumentError, match="--override-data-blend"):
+        check_resume(saved, LoopState(layout={"dp": 2}, blend=other), override_blend=False)
+    check_resume(saved, LoopState(layout={"dp": 2}, blend=other), override_blend=True)
+
+
+def test_run_record_holds_the_resolved_configuration(tmp_path):
+    config = tiny_config("--reweight-strategy", "linupper", "--reweight-r", "0.4", "--micro-batch-size", "2",
+                         world_size=2)
+    path = write_run_record(str(tmp_path), config, start_iteration=3)
+    record = json.loads(open(path).read())
+    assert record["start_iteration"] == 3 and record["seed"] == 1234
+    assert record["layout"] == {"dp": 2, "tp": 1, "pp": 1, "cp": 1, "world_size": 2}
+    assert record["config"]["model"]["hidden_size"] == 128 and record["config"]["training"]["global_batch_size"] == 4
+    assert record["reweighting"] == {"strategy": "linupper", "delta": 1.0, "target_r": 0.4, "warmup_iters": 0,
+                                     "warmup_mode": "uniform", "warmup_r": 100.0, "ramp_iters": 0}
+    assert not list(tmp_path.glob("*.tmp-*"))  # written through a temporary file
