@@ -71,12 +71,19 @@ def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
             torch.distributed.destroy_process_group()
 
 
+def _died(procs, reported) -> dict:
+    """``{rank: message}`` of the ranks that exited without reporting a result or an error."""
+    return {r: f"exited with code {p.exitcode} without a result" for r, p in enumerate(procs)
+            if p.exitcode is not None and r not in reported}
+
+
 def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: float = 180, **kwargs) -> list:
     """Run ``fn(**kwargs)`` in ``world_size`` ranks with TP=``tp``, PP=``pp`` (DP is the rest).
 
     Returns the list of ``fn``'s return values, indexed by global rank. Skips the test on a CUDA
-    machine with fewer GPUs than ranks. Raises ``RuntimeError``
-    with the failing ranks' tracebacks if any rank raises, dies or exceeds ``timeout`` seconds.
+    machine with fewer GPUs than ranks. Raises ``RuntimeError`` with the failing ranks' tracebacks
+    (and the exit codes of ranks that died without one) if any rank raises, dies or exceeds
+    ``timeout`` seconds.
     """
     if torch.cuda.is_available() and torch.cuda.device_count() < world_size:
         pytest.skip(f"needs {world_size} GPUs for NCCL, found {torch.cuda.device_count()}")
@@ -97,9 +104,8 @@ def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: f
                 # Short polls so a rank that died without reporting is noticed.
                 rank, ok, value = results.get(timeout=1.0)
             except queue_lib.Empty:
-                dead = [r for r, p in enumerate(procs) if not p.is_alive() and r not in outputs and r not in errors]
-                if dead and results.empty():
-                    errors.update({r: f"exited with code {procs[r].exitcode} without a result" for r in dead})
+                if results.empty():
+                    errors.update(_died(procs, {**outputs, **errors}))
                 timeout -= 1.0
                 if timeout <= 0:
                     errors[-1] = "timed out"
@@ -112,6 +118,11 @@ def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: f
     finally:
         for proc in procs:
             proc.join(timeout=5 if not errors else 0.5)
+        if errors:
+            # A rank that died without a word is often why the others failed (a peer reset in a
+            # collective): name it beside them (not one that exited 0 with its result still queued).
+            errors.update({r: msg for r, msg in _died(procs, {**outputs, **errors}).items() if procs[r].exitcode})
+        for proc in procs:
             if proc.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
