@@ -46,9 +46,10 @@ def check_prefix(prefix: str, flag: str) -> None:
     through megatron-core's reader, whose errors on a bad file are a traceback plus noise.
     """
     for ext in (".idx", ".bin"):
-        if prefix.endswith(ext) and not os.path.isfile(prefix + ext):
+        if prefix.endswith(ext):
             raise ArgumentError(f"{flag}: {prefix} names a file; pass the prefix without {ext} "
                                 f"({prefix[: -len(ext)]})")
+    for ext in (".idx", ".bin"):
         if not os.path.isfile(prefix + ext):
             raise ArgumentError(f"{flag}: {prefix}{ext} does not exist; build it with tools/preprocess_data.py")
     idx, size = prefix + ".idx", os.path.getsize(prefix + ".idx")

@@ -37,7 +37,8 @@ def test_flag_defaults_are_the_dataclass_defaults():
     assert ReweightConfig().r_at(10**6) == math.inf  # uniform never reweights
 
 
-def test_help_comes_from_the_field_metadata():
+def test_help_comes_from_the_field_metadata(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")
     text = " ".join(build_parser("llama").format_help().split())
     assert "half-width of the min-max normalised loss range [-delta, delta] (default: 1.0)" in text
     assert "the temperature after warm-up and ramp (smaller reweights harder) (default: 1.0)" in text
