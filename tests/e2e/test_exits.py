@@ -43,8 +43,9 @@ def test_sigterm_and_duration_limit_save_and_resume_exactly(fixture_data, tmp_pa
     assert f"exiting after iteration {second}: received SIGTERM (--exit-signal-handler)" in run.output
     assert f"saved checkpoint at iteration {second}" in run.output and "forcefully exiting" not in run.output
 
-    # 3. --exit-duration-in-mins: saves and exits 0 after the first iteration past the limit.
-    run = launch([*chain, "--metrics-file", str(metrics[2]), "--exit-duration-in-mins", "0"])
+    # 3. --exit-duration-in-mins: saves and exits 0 after the first iteration past the limit
+    # (6 ms, less than any iteration takes; the flag must be > 0).
+    run = launch([*chain, "--metrics-file", str(metrics[2]), "--exit-duration-in-mins", "0.0001"])
     run.wait_for(f"resumed from {ckpt} at iteration {second} ")
     assert run.finish() == 0, run.output[-3000:]
     assert f"exiting after iteration {second + 1}: ran " in run.output
