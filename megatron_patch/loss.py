@@ -30,7 +30,7 @@ import torch
 from reweighting import STRATEGIES, WARMUP_MODES, TemperatureSchedule, check_delta, check_strategy
 from reweighting import sample_weights, weight_stats
 
-from .config import check_ranges, flag
+from .config import add_flags, check_ranges, flag
 from .errors import ArgumentError
 
 # Report keys of the gathered group (device tensors [N], not [sum, count] pairs): the loop keeps
@@ -91,12 +91,15 @@ class SampleLoss:
         dp_group: the data-parallel process group the group's losses are gathered over.
         num_domains: the number of domains of the training blend (per-domain report entries
             when there are several).
+        report_group: put the gathered group (``group losses`` [N], ``group domain_ids`` [N])
+            in the report for the metrics file; off for a loop that expects pairs only.
     """
 
-    def __init__(self, config: ReweightConfig, dp_group, num_domains: int = 0):
+    def __init__(self, config: ReweightConfig, dp_group, num_domains: int = 0, *, report_group: bool = True):
         self.config = config
         self.dp_group = dp_group
         self.num_domains = num_domains if num_domains > 1 else 0
+        self.report_group = report_group
         self.iteration = 0
 
     def start_step(self, iteration: int) -> None:
@@ -114,7 +117,17 @@ class SampleLoss:
             reweighted_loss, loss_mask, strategy=self.config.strategy, r=self.config.r_at(self.iteration),
             delta=self.config.delta, dp_group=self.dp_group,
             domain_ids=domain_ids if self.num_domains else None, num_domains=self.num_domains,
+            report_group=self.report_group,
         )
+
+
+def add_reweight_args(parser):
+    """The ``--reweight-*`` flag group on ``parser`` (Megatron-LM's ``extra_args_provider``); returns it.
+
+    Read it back with ``build_section(ReweightConfig, args)`` (:mod:`megatron_patch.config`).
+    """
+    add_flags(parser, ReweightConfig, "reweighting", "online loss-based per-sample reweighting (Sow et al.)")
+    return parser
 
 
 def check_reweighting_supported(
@@ -231,6 +244,7 @@ def reweighted_loss(
     dp_group,
     domain_ids: torch.Tensor | None = None,
     num_domains: int = 0,
+    report_group: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """megatron-core ``loss_func``: ``(loss, num_tokens, report)`` for one micro-batch.
 
@@ -243,6 +257,7 @@ def reweighted_loss(
         dp_group: the data-parallel process group (``parallel_state.get_data_parallel_group()``).
         domain_ids: optional [b] integer domain of each sample (``BlendedDataset``'s dataset id).
         num_domains: the number of domains; needed with ``domain_ids``.
+        report_group: whether the report carries the gathered group (below).
 
     Returns:
         ``loss`` scalar, ``num_tokens`` int scalar (masked tokens of this rank), and ``report``:
@@ -283,9 +298,10 @@ def reweighted_loss(
         losses, strategy=strategy, r=r, delta=delta, dp_group=dp_group, domain_ids=domain_ids
     )
     dp_size = torch.distributed.get_world_size(group=dp_group)
-    report[GROUP_LOSSES] = group_losses
-    if group_ids is not None:
-        report[GROUP_DOMAINS] = group_ids
+    if report_group:
+        report[GROUP_LOSSES] = group_losses
+        if group_ids is not None:
+            report[GROUP_DOMAINS] = group_ids
 
     # where(), not a product: a non-finite sample (weight 0) stays out of the value and of the
     # gradient, which 0 * nan would not.

@@ -219,3 +219,30 @@ def check_near_uniform_weights_give_the_stock_gradient():
 
 def test_near_uniform_weights_give_the_stock_gradient(run_distributed):
     run_distributed(check_near_uniform_weights_give_the_stock_gradient, 2)
+
+
+def test_upstream_parser_gets_the_reweight_group():
+    # Megatron-LM's extra_args_provider: our group on its own argparse parser, read back as the section.
+    import argparse
+
+    from megatron_patch.config import build_section
+    from megatron_patch.loss import add_reweight_args
+
+    args = add_reweight_args(argparse.ArgumentParser()).parse_args(["--reweight-strategy", "linupper",
+                                                                    "--reweight-r", "0.4"])
+    assert build_section(ReweightConfig, args) == ReweightConfig("linupper", r=0.4)
+
+
+def check_group_only_when_asked():
+    """Run in every rank: the gathered group is in the report unless report_group is off."""
+    token_loss, mask = _token_batch(2, seed=ps.get_data_parallel_rank())
+    config = ReweightConfig("linupper", r=0.5)
+    with_group = SampleLoss(config, ps.get_data_parallel_group()).loss_func(mask)(token_loss)[2]
+    pairs_only = SampleLoss(config, ps.get_data_parallel_group(), report_group=False).loss_func(mask)(token_loss)[2]
+    assert with_group[GROUP_LOSSES].shape == (4,) and GROUP_DOMAINS not in with_group
+    assert set(with_group) - set(pairs_only) == {GROUP_LOSSES}
+    assert all(v.shape == (2,) for v in pairs_only.values())
+
+
+def test_group_in_the_report_only_when_asked(run_distributed):
+    run_distributed(check_group_only_when_asked, 2)
