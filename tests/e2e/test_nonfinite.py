@@ -1,13 +1,12 @@
 """Non-finite losses in the real training loop (2 ranks, in-process): which samples get weight 0,
 which steps are skipped, and what the metrics file reports.
 
-Builds its run through ``megatron_patch.training.resolve_args`` (an internal API being redesigned);
-the code that calls it is kept as it was when it moved here from test_reliability.py.
+The run is built as ``pretrain`` builds it (``resolve_config``, ``build_run``, ``train``), with a
+forward step that wraps the entry point's and poisons chosen samples' losses.
 """
 
 import collections
 import math
-import os
 
 import torch
 
@@ -25,19 +24,18 @@ def nonfinite_in_rank(metrics_file: str) -> dict:
     import pretrain_gpt
     from megatron.core import parallel_state as ps
 
-    from megatron_patch import checkpointing, training
+    from megatron_patch import training
+    from megatron_patch.arguments import resolve_config
     from megatron_patch.distributed import set_seeds
 
-    os.environ["WORLD_SIZE"] = "2"
-    args, reweight, health, tokenizer = training.resolve_args(
+    config, tokenizer = resolve_config(
         ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "512",
          "--seq-length", "32", "--max-position-embeddings", "32", "--micro-batch-size", "2",
          "--global-batch-size", "8", "--train-iters", "6", "--log-interval", "1", "--eval-interval", "1000",
-         "--reweight-strategy", "linupper", "--reweight-warmup-iters", "1", "--metrics-file", metrics_file], "llama")
-    set_seeds(args.seed)
-    model, optimizer, scheduler = training.build_model_and_optimizer(pretrain_gpt.model_provider, args)
-    data = pretrain_gpt.datasets_provider(args, tokenizer)
-    state = checkpointing.LoopState(layout=dict(dp=2, tp=1, pp=1, cp=1))
+         "--reweight-strategy", "linupper", "--reweight-warmup-iters", "1", "--metrics-file", metrics_file],
+        family="llama", world_size=2)
+    set_seeds(config.training.seed)
+    run = training.build_run(config, pretrain_gpt.model_provider, pretrain_gpt.datasets_provider, tokenizer)
     # (step, micro-batch) -> (injection, which samples): "rank0" is the first sample of rank 0.
     plan = {(0, 0): ("model", "rank0"),  # uniform warm-up: the step's loss and gradients are NaN
             (1, 0): ("loss", "rank0"),   # weight 0, the other samples train
@@ -47,13 +45,13 @@ def nonfinite_in_rank(metrics_file: str) -> dict:
             (5, 0): ("model", "rank0")}  # weight 0 cannot stop NaN activations' gradients
     calls, params = collections.Counter(), []
 
-    def forward_step(data_iterator, chunk, step):
-        micro = calls[step.iteration]
-        calls[step.iteration] += 1
+    def forward_step(data_iterator, chunk, *, loss):
+        micro = calls[loss.iteration]
+        calls[loss.iteration] += 1
         if micro == 0 and chunk.training:  # not for the final evaluation's forward steps
             params.append(torch.cat([p.detach().flatten().clone() for p in chunk.parameters()]))
-        output, loss_func = pretrain_gpt.forward_step(data_iterator, chunk, step)
-        kind, who = plan.get((step.iteration, micro), (None, None))
+        output, loss_func = pretrain_gpt.forward_step(data_iterator, chunk, loss=loss)
+        kind, who = plan.get((loss.iteration, micro), (None, None))
         bad = torch.zeros_like(output, dtype=torch.bool)
         if who == "all" or (who == "rank0" and ps.get_data_parallel_rank() == 0):
             bad[0 if who == "rank0" else slice(None)] = True
@@ -63,9 +61,9 @@ def nonfinite_in_rank(metrics_file: str) -> dict:
             output = torch.where(bad, math.inf if kind == "loss-inf" else math.nan, output)
         return output, loss_func
 
-    training.train(forward_step, model, optimizer, scheduler, data, args, state, reweight, health)
-    params.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
-    return {"skipped": state.skipped_iterations, "finite": bool(torch.isfinite(params[-1]).all()),
+    training.train(run, forward_step)
+    params.append(torch.cat([p.detach().flatten().clone() for p in run.model.parameters()]))
+    return {"skipped": run.state.skipped_iterations, "finite": bool(torch.isfinite(params[-1]).all()),
             "updated": [not torch.equal(a, b) for a, b in zip(params, params[1:])]}
 
 
