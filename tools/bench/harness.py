@@ -1,6 +1,7 @@
-"""What the benchmark scripts share besides the ABBA runner: the machine line, the flag split,
-a synthetic batch and the steady-state step time of a run's log intervals."""
+"""What the benchmark scripts share besides the ABBA runner: the machine line, the flags of the
+two-run benchmarks, a synthetic batch and the steady-state step time of a run's log intervals."""
 
+import argparse
 import os
 import platform
 import statistics
@@ -27,6 +28,21 @@ def machine() -> str:
     except ImportError:
         pass
     return line
+
+
+# The training runs of bench/overhead.py and bench/loop.py: the tiny preset on mock data, no evaluation.
+TINY_MOCK_FLAGS = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "8192",
+                   "--micro-batch-size", "2", "--eval-interval", "1000000", "--eval-iters", "1"]
+
+
+def runs_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags of a benchmark that compares two torchrun runs: rounds, length, warm-up, processes."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="pairs of runs (default: 5)")
+    p.add_argument("--train-iters", type=int, default=40)
+    p.add_argument("--skip-iters", type=int, default=10, help="warm-up steps left out of the median")
+    p.add_argument("--nproc", type=int, default=2, help="processes (data-parallel ranks)")
+    return p
 
 
 def split_extra(argv: Sequence[str]) -> tuple:

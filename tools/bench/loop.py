@@ -30,11 +30,10 @@ import time
 from megatron_patch.launch import run_torchrun
 from megatron_patch.logging_utils import read_metrics
 from tools.bench.abba import interleave, report_ratio
-from tools.bench.harness import machine, split_extra, steady_ms_per_iter, synthetic_batch
+from tools.bench.harness import TINY_MOCK_FLAGS, machine, runs_parser, split_extra, steady_ms_per_iter, synthetic_batch
 
 TARGET = 0.97
-BASE_FLAGS = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "8192",
-              "--micro-batch-size", "2", "--eval-interval", "1000000", "--eval-iters", "1"]
+BASE_FLAGS = TINY_MOCK_FLAGS
 
 
 def _masked_sum_loss(loss_mask, output_tensor):
@@ -107,12 +106,8 @@ def run_variant(variant: str, args: argparse.Namespace, extra: list[str]) -> flo
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="pairs of runs (default: 5)")
-    p.add_argument("--train-iters", type=int, default=40)
+    p = runs_parser(__doc__)
     p.add_argument("--log-interval", type=int, default=5, help="steps per timed interval")
-    p.add_argument("--skip-iters", type=int, default=10, help="warm-up steps left out of the median")
-    p.add_argument("--nproc", type=int, default=2, help="processes (data-parallel ranks)")
     p.add_argument("--bare", action="store_true", help="internal: run the bare loop (under torchrun)")
     p.add_argument("--bare-out", help="internal: where the bare loop writes its interval times")
     return p.parse_args(argv)

@@ -20,11 +20,10 @@ import tempfile
 from megatron_patch.launch import run_torchrun
 from megatron_patch.logging_utils import read_metrics
 from tools.bench.abba import interleave, report_ratio
-from tools.bench.harness import machine, split_extra, steady_ms_per_iter
+from tools.bench.harness import TINY_MOCK_FLAGS, machine, runs_parser, split_extra, steady_ms_per_iter
 
 TARGET = 1.01
-BASE_FLAGS = ["--model", "tiny", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "8192",
-              "--micro-batch-size", "2", "--log-interval", "1", "--eval-interval", "1000000", "--eval-iters", "1"]
+BASE_FLAGS = [*TINY_MOCK_FLAGS, "--log-interval", "1"]
 
 
 def run_entry_point(strategy: str, args: argparse.Namespace, extra: list[str]) -> float:
@@ -40,13 +39,9 @@ def run_entry_point(strategy: str, args: argparse.Namespace, extra: list[str]) -
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="pairs of runs (default: 5)")
-    p.add_argument("--train-iters", type=int, default=40)
-    p.add_argument("--skip-iters", type=int, default=10, help="warm-up steps left out of the median")
+    p = runs_parser(__doc__)
     p.add_argument("--strategy", default="linupper", help="the reweighting strategy to compare with uniform")
     p.add_argument("--r", type=float, default=1.0, help="its temperature")
-    p.add_argument("--nproc", type=int, default=2, help="processes (data-parallel ranks)")
     return p.parse_args(argv)
 
 

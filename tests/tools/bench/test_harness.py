@@ -6,7 +6,7 @@ import platform
 import pytest
 
 from megatron_patch.logging_utils import read_metrics
-from tools.bench.harness import machine, split_extra, steady_ms_per_iter, synthetic_batch
+from tools.bench.harness import machine, runs_parser, split_extra, steady_ms_per_iter, synthetic_batch
 
 
 def test_steady_ms_per_iter_leaves_out_warmup(tmp_path):
@@ -37,3 +37,9 @@ def test_synthetic_batch_is_a_shifted_token_stream():
 def test_machine_line():
     line = machine()
     assert "cores usable, load average" in line and f"Python {platform.python_version()}" in line
+
+
+def test_runs_parser_flags_and_defaults():
+    args = runs_parser("Title line.\n\nMore text.").parse_args(["--rounds", "3"])
+    assert vars(args) == {"rounds": 3, "train_iters": 40, "skip_iters": 10, "nproc": 2}
+    assert runs_parser("Title line.\n\nMore text.").description == "Title line."
