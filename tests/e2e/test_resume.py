@@ -11,8 +11,10 @@ import os
 import random
 import shutil
 import time
+from unittest import mock
 
 from megatron_patch.checkpointing import MARKER, read_marker
+from megatron_patch.files import temporary_path
 from megatron_patch.logging_utils import read_metrics
 from tests.helpers.e2e import TRAIN_ITERS, chain_flags
 
@@ -37,11 +39,12 @@ def test_kills_and_interrupted_saves_resume_exactly(fixture_data, tmp_path, laun
     assert first in (saving - 2, saving), run.output[-3000:]
 
     # 2. SIGKILL after a save's shards are complete, before the marker: rank 0 is held exactly
-    # there by a FIFO in place of the marker's temporary file (checkpointing._write_atomically
-    # names it MARKER.tmp.<pid>), which blocks its open() until the kill.
+    # there by a FIFO in place of the marker's temporary file (files.temporary_path names it after
+    # rank 0's pid), which blocks its open() until the kill.
     run = launch([*chain, "--metrics-file", str(metrics[1])])
     _resumed(run, ckpt, first)
-    fifo = ckpt / f"{MARKER}.tmp.{run.worker(0).pid}"
+    with mock.patch("os.getpid", return_value=run.worker(0).pid):
+        fifo = temporary_path(str(ckpt / MARKER))
     os.mkfifo(fifo)
     held = ckpt / f"iter_{first + 2:07d}"  # the first save after the resume
     run.wait_for(f"saving checkpoint at iteration {first + 2} ")
@@ -53,7 +56,7 @@ def test_kills_and_interrupted_saves_resume_exactly(fixture_data, tmp_path, laun
     run.kill()
     second = read_marker(str(ckpt))
     assert second == first and {p.name for p in (held / "rng").iterdir()} == {"rank_00000.pt", "rank_00001.pt"}
-    fifo.unlink()
+    os.unlink(fifo)
 
     # 3. SIGKILL at a random iteration (a node failure): the previous checkpoint loads.
     run = launch([*chain, "--metrics-file", str(metrics[2])])
