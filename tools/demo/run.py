@@ -115,7 +115,8 @@ def _minutes(seconds: float) -> str:
 def train(strategy: str, command: list, progress: Progress) -> float:
     """Run one 2-process training; return its wall time. On failure, exit with the log's tail."""
     start = time.time()  # launch_env: one thread per process (two processes on two cores) unless set
-    proc = subprocess.Popen(command, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     tail = []
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
