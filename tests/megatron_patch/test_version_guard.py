@@ -43,7 +43,7 @@ def test_missing_module_is_named():
 
 def _megatron_imports():
     """(module, name) for every ``from megatron.core... import name`` in the project's code."""
-    files = [*ROOT.glob("megatron_patch/*.py"), *ROOT.glob("pretrain_*.py"), *ROOT.glob("tools/*.py")]
+    files = [*ROOT.glob("megatron_patch/*.py"), *ROOT.glob("pretrain_*.py"), *ROOT.glob("tools/**/*.py")]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("megatron.core"):

@@ -52,28 +52,27 @@ def bare_loop(flags: list[str], log_interval: int, out_path: str) -> None:
     import torch
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_patch.arguments import parse_args, validate_args
+    from megatron_patch.arguments import resolve_config
     from megatron_patch.distributed import initialize_distributed, shutdown
     from megatron_patch.model import gpt_model_provider
     from megatron_patch.training import build_model_and_optimizer
 
-    args = validate_args(parse_args(flags, family="llama"), int(os.environ["WORLD_SIZE"]))
-    device = initialize_distributed(tensor_model_parallel_size=args.tensor_model_parallel_size,
-                                    pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-                                    context_parallel_size=args.context_parallel_size, seed=args.seed)
-    model, optimizer, _ = build_model_and_optimizer(gpt_model_provider, args)
+    config, _ = resolve_config(flags, family="llama", world_size=int(os.environ["WORLD_SIZE"]))
+    training, seq = config.training, config.model.seq_length
+    device = initialize_distributed(config.parallel, seed=training.seed)
+    model, optimizer, _ = build_model_and_optimizer(gpt_model_provider, config)
     rank = torch.distributed.get_rank()
-    batch = {k: v.to(device) for k, v in synthetic_batch(args.micro_batch_size, args.seq_length,
-                                                         args.vocab_size, seed=args.seed + rank).items()}
+    batch = {k: v.to(device) for k, v in synthetic_batch(training.micro_batch_size, seq, config.model.vocab_size,
+                                                         seed=training.seed + rank).items()}
     forward_backward = get_forward_backward_func()
     interval_ms, seconds = [], 0.0
-    for iteration in range(1, args.train_iters + 1):
+    for iteration in range(1, training.train_iters + 1):
         start = time.perf_counter()
         model.zero_grad_buffer()
         optimizer.zero_grad()
         forward_backward(forward_step_func=_bare_forward_step, data_iterator=itertools.repeat(batch),
-                         model=[model], num_microbatches=args.num_microbatches, seq_length=args.seq_length,
-                         micro_batch_size=args.micro_batch_size, forward_only=False)
+                         model=[model], num_microbatches=training.num_microbatches, seq_length=seq,
+                         micro_batch_size=training.micro_batch_size, forward_only=False)
         optimizer.step()
         seconds += time.perf_counter() - start
         if iteration % log_interval == 0:
@@ -114,10 +113,10 @@ def parse_args(argv):
 
 
 def _tokens_per_step(extra: list[str], nproc: int) -> int:
-    from megatron_patch.arguments import parse_args as parse_train_args, validate_args
+    from megatron_patch.arguments import resolve_config
 
-    args = validate_args(parse_train_args([*BASE_FLAGS, "--train-iters", "1", *extra], family="llama"), nproc)
-    return args.global_batch_size * args.seq_length
+    config, _ = resolve_config([*BASE_FLAGS, "--train-iters", "1", *extra], family="llama", world_size=nproc)
+    return config.training.global_batch_size * config.model.seq_length
 
 
 def main(argv=None):

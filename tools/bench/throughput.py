@@ -35,17 +35,16 @@ import time
 import torch
 from megatron.core import parallel_state as ps
 
-from megatron_patch.arguments import parse_args as parse_training_args
-from megatron_patch.arguments import validate_args
+from megatron_patch.arguments import resolve_config
+from megatron_patch.checkpointing import LoopState
 from megatron_patch.distributed import initialize_distributed, shutdown
 from megatron_patch.estimate import PEAK_TFLOPS, flops_per_token, parameter_count
 from megatron_patch.launch import free_port
-from megatron_patch.loss import ReweightConfig, reweighted_loss
+from megatron_patch.loss import ReweightConfig, SampleLoss, reweighted_loss
 from megatron_patch.model import gpt_model_provider, transformer_engine_available
 from megatron_patch.presets import PRESETS
-from megatron_patch.training import StepInfo, build_model_and_optimizer, train_step
+from megatron_patch.training import Run, build_model_and_optimizer, train_step
 from pretrain_gpt import forward_step
-from reweighting import TemperatureSchedule
 from tools.bench.abba import interleave
 from tools.bench.harness import machine, split_extra, synthetic_batch
 
@@ -72,8 +71,8 @@ def peak_tflops(args, cuda: bool) -> tuple[float | None, str]:
     return (PEAK_TFLOPS[key], f"{key} dense bf16") if key else (None, "unknown; pass --peak-tflops")
 
 
-def training_args(args, extra: list[str], world_size: int):
-    """The resolved and validated training flags of the benchmarked model."""
+def training_config(args, extra: list[str], world_size: int):
+    """The resolved run configuration of the benchmarked model."""
     flags = ["--model", args.model, "--train-iters", str(args.warmup + 2 * args.steps),
              "--mock-data", "--tokenizer-type", "NullTokenizer"]
     if "vocab_size" not in PRESETS[args.model] and "--vocab-size" not in extra:
@@ -81,7 +80,7 @@ def training_args(args, extra: list[str], world_size: int):
     if torch.cuda.is_available() and not args.fp32:
         flags.append("--bf16")
     family = "gpt" if args.model.startswith("gpt") else "llama"
-    return validate_args(parse_training_args([*flags, *extra], family=family), world_size)
+    return resolve_config([*flags, *extra], family=family, world_size=world_size)[0]
 
 
 def time_step(run_step, cuda: bool) -> float:
@@ -95,11 +94,12 @@ def time_step(run_step, cuda: bool) -> float:
     return time.perf_counter() - start
 
 
-def loss_func_ms(train, configs: dict, reps: int, cuda: bool) -> dict[str, float]:
+def loss_func_ms(config, configs: dict, reps: int, cuda: bool) -> dict[str, float]:
     """Median ms of ``reweighted_loss`` forward + backward per config, on a ``[b, s]`` loss."""
     device = torch.cuda.current_device() if cuda else "cpu"
-    token_loss = (torch.rand(train.micro_batch_size, train.seq_length, device=device) * 10).requires_grad_()
-    mask = torch.ones(train.micro_batch_size, train.seq_length, device=device)
+    shape = (config.training.micro_batch_size, config.model.seq_length)
+    token_loss = (torch.rand(*shape, device=device) * 10).requires_grad_()
+    mask = torch.ones(*shape, device=device)
     dp_group = ps.get_data_parallel_group()
 
     def run(config):
@@ -114,41 +114,42 @@ def loss_func_ms(train, configs: dict, reps: int, cuda: bool) -> dict[str, float
 def measure(args, extra: list[str]) -> dict:
     """Build the model, time the steps, return the figures (every rank computes them)."""
     world_size = int(os.environ["WORLD_SIZE"])
-    train = training_args(args, extra, world_size)
-    initialize_distributed(tensor_model_parallel_size=train.tensor_model_parallel_size,
-                           pipeline_model_parallel_size=train.pipeline_model_parallel_size,
-                           context_parallel_size=train.context_parallel_size, seed=train.seed)
+    config = training_config(args, extra, world_size)
+    m, training, parallel = config.model, config.training, config.parallel
+    initialize_distributed(parallel, seed=training.seed)
     cuda = torch.cuda.is_available()
-    model, optimizer, scheduler = build_model_and_optimizer(gpt_model_provider, train)
-    batch = synthetic_batch(train.micro_batch_size, train.seq_length, train.vocab_size,
-                            seed=train.seed + torch.distributed.get_rank())
-    configs = {"uniform": ReweightConfig(),
-               args.strategy: ReweightConfig(strategy=args.strategy, schedule=TemperatureSchedule(target_r=args.r))}
+    model, optimizer, scheduler = build_model_and_optimizer(gpt_model_provider, config)
+    batch = synthetic_batch(training.micro_batch_size, m.seq_length, m.vocab_size,
+                            seed=training.seed + torch.distributed.get_rank())
+    configs = {"uniform": ReweightConfig(), args.strategy: ReweightConfig(strategy=args.strategy, r=args.r)}
+    state = LoopState()
+    # One run per strategy around the same model, optimizer and loop state; the loop's own train_step.
+    runs = {name: Run(config, model, optimizer, scheduler, None, state, SampleLoss(c, ps.get_data_parallel_group()))
+            for name, c in configs.items()}
     data_iter = itertools.repeat(batch)
 
-    def step(config, iteration):
-        info = StepInfo(iteration, config, ps.get_data_parallel_group(), num_domains=0)
-        train_step(forward_step, data_iter, model, optimizer, scheduler, info, train)
+    def step(name):
+        train_step(runs[name], forward_step, data_iter)
+        state.iteration += 1
 
-    for i in range(args.warmup):
-        step(configs["uniform"], i)
-    iterations = itertools.count()
-    step_s = interleave(list(configs), args.steps,
-                        lambda name: time_step(lambda: step(configs[name], next(iterations)), cuda))
+    for _ in range(args.warmup):
+        step("uniform")
+    step_s = interleave(list(configs), args.steps, lambda name: time_step(lambda: step(name), cuda))
     step_ms = {name: 1000 * statistics.median(t) for name, t in step_s.items()}
-    loss_ms = loss_func_ms(train, configs, args.loss_reps, cuda)
+    loss_ms = loss_func_ms(config, configs, args.loss_reps, cuda)
 
-    tokens_per_step = train.global_batch_size * train.seq_length
+    tokens_per_step = training.global_batch_size * m.seq_length
     tokens_per_s_per_device = tokens_per_step / (step_ms["uniform"] / 1000) / world_size
-    tflops = tokens_per_s_per_device * flops_per_token(train) / 1e12
+    tflops = tokens_per_s_per_device * flops_per_token(m) / 1e12
     peak, peak_source = peak_tflops(args, cuda)
     figures = {
-        "model": args.model, "parameters": parameter_count(train), "layers": train.num_layers,
-        "seq_length": train.seq_length, "micro_batch_size": train.micro_batch_size,
-        "global_batch_size": train.global_batch_size, "world_size": world_size,
-        "layout": f"TP={train.tensor_model_parallel_size} PP={train.pipeline_model_parallel_size} DP={train.data_parallel_size}",
-        "dtype": "bf16" if train.bf16 else "fp32", "transformer_engine": transformer_engine_available(),
-        "device": torch.cuda.get_device_name() if cuda else "cpu", "flops_per_token": flops_per_token(train),
+        "model": args.model, "parameters": parameter_count(m), "layers": m.num_layers,
+        "seq_length": m.seq_length, "micro_batch_size": training.micro_batch_size,
+        "global_batch_size": training.global_batch_size, "world_size": world_size,
+        "layout": f"TP={parallel.tensor_model_parallel_size} PP={parallel.pipeline_model_parallel_size} "
+                  f"DP={parallel.data_parallel_size}",
+        "dtype": "bf16" if training.bf16 else "fp32", "transformer_engine": transformer_engine_available(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "flops_per_token": flops_per_token(m),
         "step_ms": step_ms, "tokens_per_s_per_device": tokens_per_s_per_device, "model_tflops_per_device": tflops,
         "peak_tflops": peak, "peak_source": peak_source, "mfu": tflops / peak if peak else None,
         "step_time_ratio": step_ms[args.strategy] / step_ms["uniform"],

@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-from megatron_patch.arguments import parse_args, validate_args
 from megatron_patch.estimate import PEAK_TFLOPS, flops_per_token, mfu
 from megatron_patch.launch import ROOT
+from tests.helpers.config import config_of
 from tools.bench.throughput import detect_gpu
 
 
 def _preset(name):
-    return validate_args(parse_args(["--model", name, "--mock-data", "--train-iters", "1"], family="llama"), world_size=1)
+    """The model section of preset ``name``."""
+    return config_of(["--model", name, "--mock-data", "--train-iters", "1"]).model
 
 
 def _hand_count(layers, hidden, ffn, vocab, seq):
