@@ -216,7 +216,7 @@ class TrainingConfig(_Checked):
     seed: int = flag(1234, "seed of python, numpy, torch (pipeline stage p uses seed + 100 p)", minimum=0)
     calculate_per_token_loss: bool = flag(False, "normalise by the step's tokens instead of per micro-batch")
     exit_interval: int | None = flag(None, "stop after an iteration divisible by this", minimum=1)
-    exit_duration_in_mins: float | None = flag(None, "save and stop after this many minutes", above=0)
+    exit_duration_in_mins: float | None = flag(None, "save and stop after this many minutes", minimum=0)
     exit_signal_handler: bool = flag(False, "save and stop on SIGTERM")
     num_microbatches: int = derived(1)  # global batch / (micro batch x DP)
 
