@@ -17,6 +17,8 @@ from megatron_patch.version_guard import require_megatron_core
 require_megatron_core()
 
 import torch  # noqa: E402
+from megatron.core import parallel_state as ps  # noqa: E402
+from megatron.core.utils import get_batch_on_this_cp_rank  # noqa: E402
 
 from megatron_patch.data import build_datasets  # noqa: E402
 from megatron_patch.model import gpt_model_provider  # noqa: E402
@@ -36,10 +38,20 @@ def datasets_provider(config, tokenizer):
 
 
 def get_batch(data_iterator) -> dict:
-    """The next micro-batch on this rank's device: tokens, labels, loss_mask, position_ids [b, s]."""
+    """The next micro-batch on this rank's device: tokens, labels, loss_mask, position_ids [b, s].
+
+    With context parallelism each CP rank keeps its two chunks of every sequence (megatron-core's
+    load-balanced split); the loss then adds the chunks' token losses over the CP group.
+    """
     batch = next(data_iterator)
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    return {key: value.to(device) for key, value in batch.items()}
+    batch = {key: value.to(device) for key, value in batch.items()}
+    if ps.get_context_parallel_world_size() > 1:
+        domains = batch.pop("dataset_id", None)  # per sample, not per token: not split
+        batch = get_batch_on_this_cp_rank(batch)
+        if domains is not None:
+            batch["dataset_id"] = domains
+    return batch
 
 
 def forward_step(data_iterator, model, *, loss):

@@ -17,6 +17,7 @@ from .config import (CheckpointConfig, DataConfig, LoggingConfig, ModelConfig, P
 from .errors import ArgumentError
 from .health import WeightHealthConfig
 from .loss import ReweightConfig, check_reweighting_supported
+from .model import transformer_engine_available
 from .presets import FAMILY_DEFAULTS, PRESETS
 from .tokenizer import build_tokenizer
 
@@ -179,8 +180,7 @@ def resolve_config(argv=None, *, family: str = "llama", world_size: int = 1, wit
         args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
                                                    args.tensor_model_parallel_size)
     config = RunConfig(**sections(args))
-    check_reweighting_supported(config.reweight, context_parallel_size=config.parallel.context_parallel_size,
-                                calculate_per_token_loss=config.training.calculate_per_token_loss)
+    check_reweighting_supported(config.reweight, calculate_per_token_loss=config.training.calculate_per_token_loss)
     return config, tokenizer
 
 
@@ -199,10 +199,15 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         _require(getattr(args, name) is not None,
                  f"--{name.replace('_', '-')} is not set; pass it or choose a --model preset ({', '.join(sorted(PRESETS))})")
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
-    # The forward step gives every rank whole sequences; context parallelism would need each CP
-    # rank to get its slice of the sequence, so CP > 1 would silently train a different model.
-    _require(cp == 1, f"--context-parallel-size {cp} is not supported (sequences are not split over ranks); "
-                      "use --context-parallel-size 1 and TP/PP for memory")
+    if cp > 1:
+        # megatron-core's local attention has no context parallelism (it asserts CP == 1).
+        _require(args.transformer_impl == "transformer_engine" and transformer_engine_available(),
+                 f"--context-parallel-size {cp} needs Transformer Engine's attention, which does not import here "
+                 "(CPU, or no transformer_engine) or is turned off by --transformer-impl local; "
+                 "use --context-parallel-size 1 and TP/PP for memory")
+        _require(args.seq_length % (2 * cp) == 0,
+                 f"--seq-length {args.seq_length} is not divisible by 2 x --context-parallel-size {cp} "
+                 "(each CP rank holds two chunks of every sequence); change one of them")
     if args.sequence_parallel and tp == 1:
         # As Megatron-LM does: sequence parallelism splits TP regions, so without TP it is off.
         args.sequence_parallel = False

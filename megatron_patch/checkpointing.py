@@ -26,15 +26,13 @@ knowingly; the consumed samples are then counted against the new blend.
 import dataclasses
 import importlib.metadata
 import os
-import random
 import shutil
 import subprocess
 
-import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 
-from .distributed import print_rank0
+from .distributed import print_rank0, rng_state, set_rng_state
 from .errors import ArgumentError, one_line
 from .files import write_atomically, write_json_atomically
 
@@ -112,27 +110,6 @@ def _read_common(root: str, path: str) -> dict:
     return common
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-    state["tracker"] = get_cuda_rng_tracker().get_states()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-    get_cuda_rng_tracker().set_states(state["tracker"])
-
-
 def _give_optimizer_state(optimizer) -> None:
     """Give a fresh distributed optimizer the state a checkpoint is loaded into.
 
@@ -200,7 +177,7 @@ def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) ->
     sharded["format"] = FORMAT_TAG
     dist_checkpointing.save(sharded, partial)
     os.makedirs(os.path.join(partial, "rng"), exist_ok=True)
-    torch.save(_rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
+    torch.save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
     torch.distributed.barrier()
     if rank == 0:
         if os.path.exists(path):  # complete but never marked (killed before the marker), or damaged
@@ -243,7 +220,7 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
     _check_finite(model, path)
     rank_file = os.path.join(path, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
     if load_rng and os.path.exists(rank_file):
-        _set_rng_state(torch.load(rank_file, weights_only=False))
+        set_rng_state(torch.load(rank_file, weights_only=False))
     return LoopState(**common["loop"])
 
 

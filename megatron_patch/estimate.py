@@ -180,13 +180,14 @@ def dry_run_report(config: RunConfig) -> str:
     n = parameter_count(m)
     mem = memory_per_gpu(config)
     tokens = tokens_per_step(config)
+    group = config.reweight.group_size(training.micro_batch_size, parallel.data_parallel_size, training.num_microbatches)
     lines = [
         f"parameters: {n:,} ({n / 1e9:.3f}B)",
         f"layout: TP={parallel.tensor_model_parallel_size} PP={parallel.pipeline_model_parallel_size} "
         f"CP={parallel.context_parallel_size} DP={parallel.data_parallel_size}, {training.num_microbatches} "
         "micro-batch(es) per step",
         f"tokens per step: {tokens:,} ({training.global_batch_size} sequences x {m.seq_length})",
-        f"reweighting group: {training.micro_batch_size * parallel.data_parallel_size} samples (micro batch x DP)",
+        f"reweighting group: {group} samples ({'global batch' if config.reweight.group == 'global-batch' else 'micro batch x DP'})",
         f"training FLOPs per token: {flops_per_token(m):.4g}",
         f"memory per GPU (estimate, GiB): weights {mem.weights_gib:.1f} + grads {mem.grads_gib:.1f} + "
         f"optimizer {mem.optimizer_gib:.1f} + activations {mem.activations_gib:.1f} = {mem.total_gib:.1f}",

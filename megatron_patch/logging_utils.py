@@ -92,6 +92,8 @@ def console_line(record: dict, train_iters: int) -> str:
     ]
     if record.get("reweight r") is not None:
         parts += [f"r: {record['reweight r']:.4g}", f"ess: {record['ess']:.4f}", f"max weight: {record['max_weight']:.3f}"]
+        if "group_size" in record:
+            parts.append(f"group: {record['group_size']}")
     else:
         parts.append("r: uniform")
     grad_norm = record.get("grad_norm")

@@ -20,6 +20,7 @@ The ``uniform`` strategy, and a ``uniform`` warm-up (``r = inf``), return the st
 ``(sum of masked token losses, token count)`` bit for bit, with no collective.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -27,11 +28,13 @@ from typing import ClassVar
 
 import torch
 
-from reweighting import STRATEGIES, WARMUP_MODES, TemperatureSchedule, check_delta, check_strategy
-from reweighting import sample_weights, weight_stats
+from reweighting import STRATEGIES, WARMUP_MODES, TemperatureSchedule, check_delta, check_strategy, weight_stats
 
 from .config import add_flags, check_ranges, flag
 from .errors import ArgumentError
+from .groups import GroupWeights, cp_sample_loss, dp_sample_weights
+
+GROUPS = ("micro-batch", "global-batch")
 
 # Report keys of the gathered group (device tensors [N], not [sum, count] pairs): the loop keeps
 # the last micro-batch's for the metrics file's "group" record instead of summing them.
@@ -54,6 +57,9 @@ class ReweightConfig:
     warmup_r: float = flag(100.0, "the temperature of a large-r warm-up, and the start of the ramp", above=0)
     ramp_iters: int = flag(0, "after warm-up, r moves linearly from --reweight-warmup-r to --reweight-r over "
                               "this many iterations", minimum=0)
+    group: str = flag("micro-batch", "the samples one softmax weighs: micro-batch (micro batch x DP, one group per "
+                                     "micro-batch) or global-batch (every sample of the step; a forward-only first "
+                                     "pass gathers their losses)", choices=GROUPS)
 
     def __post_init__(self):
         check_ranges(self)
@@ -79,32 +85,75 @@ class ReweightConfig:
         return self.schedule.r_at(iteration) if self.reweighting else math.inf
 
     def state_dict(self) -> dict:
-        """What checkpoints and the run record keep: strategy, delta and the schedule's fields."""
-        return {"strategy": self.strategy, "delta": self.delta, **self.schedule.state_dict()}
+        """What checkpoints and the run record keep: strategy, delta, group and the schedule's fields."""
+        return {"strategy": self.strategy, "delta": self.delta, "group": self.group, **self.schedule.state_dict()}
+
+    def group_size(self, micro_batch_size: int, dp_size: int, num_microbatches: int) -> int:
+        """How many samples one softmax weighs."""
+        return micro_batch_size * dp_size * (num_microbatches if self.group == "global-batch" else 1)
 
 
 class SampleLoss:
     """The loss boundary of a run: built once by the loop, one ``loss_func`` per micro-batch.
+
+    With ``--reweight-group global-batch`` a step has two passes over its micro-batches: during
+    :meth:`first_pass` each ``loss_func`` only records its samples' losses, :meth:`weigh_step`
+    gathers them over DP and computes the step's weights, and the second pass's ``loss_func`` s
+    apply them, micro-batch by micro-batch in the schedule's order.
 
     Args:
         config: the reweighting configuration.
         dp_group: the data-parallel process group the group's losses are gathered over.
         num_domains: the number of domains of the training blend (per-domain report entries
             when there are several).
+        cp_group: the context-parallel group, whose ranks hold parts of the same samples.
         report_group: put the gathered group (``group losses`` [N], ``group domain_ids`` [N])
             in the report for the metrics file; off for a loop that expects pairs only.
     """
 
-    def __init__(self, config: ReweightConfig, dp_group, num_domains: int = 0, *, report_group: bool = True):
+    def __init__(self, config: ReweightConfig, dp_group, num_domains: int = 0, *, cp_group=None,
+                 report_group: bool = True):
         self.config = config
         self.dp_group = dp_group
+        self.cp_group = cp_group
         self.num_domains = num_domains if num_domains > 1 else 0
         self.report_group = report_group
         self.iteration = 0
+        self._collecting = False
+        self._collected: list[tuple] = []  # first pass: (losses [b], domain ids [b] or None) per micro-batch
+        self._pending: list[GroupWeights] = []  # second pass: the step's weights, one entry per micro-batch
 
     def start_step(self, iteration: int) -> None:
         """The loop's word: the next micro-batches belong to ``iteration`` (it sets r)."""
         self.iteration = iteration
+        self._collected, self._pending = [], []
+
+    @property
+    def needs_first_pass(self) -> bool:
+        """Whether this step's weights span the global batch (``global-batch`` and reweighting now)."""
+        return self.config.group == "global-batch" and math.isfinite(self.config.r_at(self.iteration))
+
+    @contextlib.contextmanager
+    def first_pass(self):
+        """Inside the block ``loss_func`` s record their samples' losses instead of training."""
+        self._collecting = True
+        try:
+            yield
+        finally:
+            self._collecting = False
+
+    def weigh_step(self) -> None:
+        """Gather the first pass's losses over DP and weigh every sample of the step at once."""
+        if not self._collected:  # not the last pipeline stage: no losses here
+            return
+        losses = torch.cat([c[0] for c in self._collected])  # [M*b]
+        ids = torch.cat([c[1] for c in self._collected]) if self._collected[0][1] is not None else None
+        group = dp_sample_weights(losses, strategy=self.config.strategy, r=self.config.r_at(self.iteration),
+                                  delta=self.config.delta, dp_group=self.dp_group, domain_ids=ids)
+        scale = len(self._collected)
+        self._pending = [dataclasses.replace(group, local=chunk, scale=scale)
+                         for chunk in group.local.split(self._collected[0][0].shape[0])]
+        self._collected = []
 
     def loss_func(self, loss_mask: torch.Tensor, domain_ids: torch.Tensor | None = None):
         """The ``loss_func(output_tensor) -> (loss, num_tokens, report)`` of one micro-batch.
@@ -113,11 +162,17 @@ class SampleLoss:
             loss_mask: [b, s] 1 for tokens that count.
             domain_ids: optional [b] domain of each sample (``BlendedDataset``'s dataset id).
         """
+        domain_ids = domain_ids if self.num_domains else None
+        if self.needs_first_pass and not (self._collecting or self._pending):
+            return _without_first_pass  # raises if the schedule calls it (it does on the last stage only)
+        if self._collecting:
+            return functools.partial(_record_losses, loss_mask, domain_ids=domain_ids, cp_group=self.cp_group,
+                                     into=self._collected)
         return functools.partial(
             reweighted_loss, loss_mask, strategy=self.config.strategy, r=self.config.r_at(self.iteration),
-            delta=self.config.delta, dp_group=self.dp_group,
-            domain_ids=domain_ids if self.num_domains else None, num_domains=self.num_domains,
-            report_group=self.report_group,
+            delta=self.config.delta, dp_group=self.dp_group, cp_group=self.cp_group,
+            domain_ids=domain_ids, num_domains=self.num_domains, report_group=self.report_group,
+            group=self._pending.pop(0) if self._pending else None,
         )
 
 
@@ -130,20 +185,13 @@ def add_reweight_args(parser):
     return parser
 
 
-def check_reweighting_supported(
-    config: ReweightConfig, *, context_parallel_size: int = 1, calculate_per_token_loss: bool = False
-) -> None:
+def check_reweighting_supported(config: ReweightConfig, *, calculate_per_token_loss: bool = False) -> None:
     """Refuse, at start-up, parallel settings under which the reweighted loss would be wrong.
 
     Raises :class:`ArgumentError` naming the flag and what to do. Nothing is refused for ``uniform``.
     """
     if not config.reweighting:
         return
-    if context_parallel_size > 1:
-        raise ArgumentError(
-            f"--context-parallel-size {context_parallel_size} is not supported with --reweight-strategy "
-            f"{config.strategy} (a sample's tokens would be split across ranks); use --context-parallel-size 1"
-        )
     if calculate_per_token_loss:
         raise ArgumentError(
             f"--calculate-per-token-loss is not supported with --reweight-strategy {config.strategy} "
@@ -151,57 +199,17 @@ def check_reweighting_supported(
         )
 
 
-def per_sample_loss(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-mean loss of each sample over its mask (differentiable).
-
-    Args:
-        token_loss: [b, s] per-token losses.
-        loss_mask: [b, s] (or [b*s]) 1 for tokens that count.
-
-    Returns:
-        ``losses`` [b] float32 (NaN where the mask is empty, non-finite where a counted token is)
-        and ``counts`` [b] float32, the number of masked tokens.
-    """
-    mask = loss_mask.view_as(token_loss) > 0
-    # torch.where, not a product: a non-finite loss on a masked-out token must not leak into the sum.
-    sums = torch.where(mask, token_loss.float(), 0.0).sum(dim=1)
-    counts = mask.sum(dim=1).float()
-    # clamp keeps the backward of an empty sample finite (0/0 would be NaN even with zero grad).
-    return torch.where(counts > 0, sums / counts.clamp(min=1), math.nan), counts
+def _without_first_pass(output_tensor):
+    """Never fall back to per-micro-batch groups silently (a loop that skipped the first pass)."""
+    raise RuntimeError("--reweight-group global-batch: no weights for this micro-batch; the loop must run "
+                       "SampleLoss.first_pass() and weigh_step() before the step's forward-backward")
 
 
-def gather_dp(local: torch.Tensor, dp_group) -> torch.Tensor:
-    """All-gather ``local`` [b, k] (detached) over the DP group into [dp_size * b, k], DP-rank-major."""
-    dp_size = torch.distributed.get_world_size(group=dp_group)
-    out = local.new_empty((dp_size * local.shape[0], *local.shape[1:]))
-    torch.distributed.all_gather_into_tensor(out, local.detach().contiguous(), group=dp_group)
-    return out
-
-
-def dp_sample_weights(
-    losses: torch.Tensor, *, strategy: str, r: float, delta: float, dp_group, domain_ids: torch.Tensor | None = None
-):
-    """Weights of this rank's samples, computed over the micro-batch of the whole DP group.
-
-    Args:
-        losses: [b] detached per-sample losses of this rank.
-        domain_ids: optional [b] domain ids, gathered in the same collective.
-
-    Returns:
-        ``(w_local [b], weights [dp*b], group_losses [dp*b], group_ids [dp*b] long or None)``;
-        every DP rank holds the same ``weights``; ``w_local`` is its slice by its DP rank.
-    """
-    if dp_group is None:
-        # None would mean the world group, which is not the DP group under TP or PP.
-        raise ValueError("dp_group is required: pass parallel_state.get_data_parallel_group()")
-    b = losses.shape[0]
-    dp_rank = torch.distributed.get_rank(group=dp_group)
-    # One collective: losses and domain ids travel together (ids are exact in float32 below 2**24).
-    ids = domain_ids.float() if domain_ids is not None else torch.zeros_like(losses)
-    group = gather_dp(torch.stack([losses.float(), ids], dim=1), dp_group)  # [dp*b, 2]
-    weights = sample_weights(group[:, 0], strategy, r, delta)  # [dp*b], 0 where non-finite
-    group_ids = group[:, 1].long() if domain_ids is not None else None
-    return weights[dp_rank * b : (dp_rank + 1) * b], weights, group[:, 0], group_ids
+def _record_losses(loss_mask, output_tensor, *, domain_ids, cp_group, into: list):
+    """First-pass ``loss_func`` of ``global-batch``: keep the samples' losses, train nothing."""
+    _, losses, counts = cp_sample_loss(output_tensor, loss_mask, cp_group)
+    into.append((losses, domain_ids))
+    return torch.zeros((), device=output_tensor.device), counts.sum().to(torch.int), {}
 
 
 def _stock_loss(token_loss, loss_mask):
@@ -242,48 +250,57 @@ def reweighted_loss(
     r: float,
     delta: float = 1.0,
     dp_group,
+    cp_group=None,
     domain_ids: torch.Tensor | None = None,
     num_domains: int = 0,
     report_group: bool = True,
+    group: GroupWeights | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """megatron-core ``loss_func``: ``(loss, num_tokens, report)`` for one micro-batch.
 
     Args:
         loss_mask: [b, s] (or [b*s]) 1 for tokens that count.
-        output_tensor: [b, s] per-token losses (GPTModel's output when labels are given).
+        output_tensor: [b, s] per-token losses (GPTModel's output when labels are given); with
+            context parallelism this rank's part of each sample's tokens.
         strategy: a :data:`reweighting.STRATEGIES` name.
         r: the temperature in effect (``config.r_at(iteration)``); ``inf`` = plain training.
         delta: half-width of the normalised loss range.
         dp_group: the data-parallel process group (``parallel_state.get_data_parallel_group()``).
+        cp_group: the context-parallel group (None or size 1: whole samples on every rank).
         domain_ids: optional [b] integer domain of each sample (``BlendedDataset``'s dataset id).
         num_domains: the number of domains; needed with ``domain_ids``.
         report_group: whether the report carries the gathered group (below).
+        group: the weights of a group that spans several micro-batches (``global-batch``, from
+            :meth:`SampleLoss.weigh_step`); None: this micro-batch across DP is the group.
 
     Returns:
         ``loss`` scalar, ``num_tokens`` int scalar (masked tokens of this rank), and ``report``:
-        ``{name: tensor([sum, count])}`` to be summed over micro-batches and DP ranks and logged
-        as ``sum / count``: ``lm loss`` (unweighted token mean), ``weighted loss``, ``reweight r``
-        (inf = plain training), ``nonfinite`` (sum = number of non-finite samples, ratio = their
-        fraction); with reweighting on, the statistics of :func:`reweighting.weight_stats`
-        ``ess``, ``max_weight``, ``min_weight``, ``entropy``, ``low_loss_mass`` (means over
-        micro-batches); with ``domain_ids``, ``domain {d} loss`` (unweighted token mean),
-        ``domain {d} token_share`` and (reweighting on) ``domain {d} weight_share``. The names
-        are those of the metrics file (docs/architecture.md). With reweighting on, also the
-        gathered group itself, detached device tensors rather than pairs: ``group losses`` [N]
-        and, with ``domain_ids``, ``group domain_ids`` [N].
+        ``{name: tensor([sum, count])}`` to be summed over micro-batches and DP (x CP) ranks and
+        logged as ``sum / count``: ``lm loss`` (unweighted token mean), ``weighted loss``,
+        ``reweight r`` (inf = plain training), ``nonfinite`` (sum = number of non-finite samples,
+        ratio = their fraction); with reweighting on, the statistics of
+        :func:`reweighting.weight_stats` ``ess``, ``max_weight``, ``min_weight``, ``entropy``,
+        ``low_loss_mass`` (means over groups); with ``domain_ids``, ``domain {d} loss``
+        (unweighted token mean), ``domain {d} token_share`` and (reweighting on)
+        ``domain {d} weight_share``. The names are those of the metrics file
+        (docs/architecture.md). With reweighting on, also the gathered group itself, detached
+        device tensors rather than pairs: ``group losses`` [N] and, with ``domain_ids``,
+        ``group domain_ids`` [N].
     """
     check_strategy(strategy)
     if output_tensor.dim() != 2:
         raise RuntimeError(f"the model returned {tuple(output_tensor.shape)}, not per-token losses [b, s]; "
                            "reweighting needs per-token losses (call the model with labels)")
     device = output_tensor.device
+    cp_size = 1 if cp_group is None else torch.distributed.get_world_size(group=cp_group)
     stock_loss, num_tokens = _stock_loss(output_tensor, loss_mask)
-    live, counts = per_sample_loss(output_tensor, loss_mask)  # [b], [b]
-    losses = live.detach()
+    live, losses, counts = cp_sample_loss(output_tensor, loss_mask, cp_group)  # [b] each
     b = losses.shape[0]
+    nonfinite = ((counts > 0) & ~torch.isfinite(losses)).sum()
     report = {
         "lm loss": _pair(stock_loss, num_tokens, device),
-        "nonfinite": _pair(((counts > 0) & ~torch.isfinite(losses)).sum(), b, device),
+        # Every CP rank holds the same samples: each counts 1 / cp of them, so the sum over ranks is right.
+        "nonfinite": _pair(nonfinite / cp_size, b / cp_size, device) if cp_size > 1 else _pair(nonfinite, b, device),
     }
     if domain_ids is not None:
         if num_domains <= 0:
@@ -294,28 +311,29 @@ def reweighted_loss(
         report["reweight r"] = _pair(math.inf, 1, device)
         return stock_loss, num_tokens, report
 
-    w_local, weights, group_losses, group_ids = dp_sample_weights(
-        losses, strategy=strategy, r=r, delta=delta, dp_group=dp_group, domain_ids=domain_ids
-    )
-    dp_size = torch.distributed.get_world_size(group=dp_group)
+    if group is None:
+        group = dp_sample_weights(losses, strategy=strategy, r=r, delta=delta, dp_group=dp_group,
+                                  domain_ids=domain_ids)
     if report_group:
-        report[GROUP_LOSSES] = group_losses
-        if group_ids is not None:
-            report[GROUP_DOMAINS] = group_ids
+        report[GROUP_LOSSES] = group.losses
+        if group.domain_ids is not None:
+            report[GROUP_DOMAINS] = group.domain_ids
 
     # where(), not a product: a non-finite sample (weight 0) stays out of the value and of the
     # gradient, which 0 * nan would not.
-    keep = w_local > 0
-    weighted = (w_local * torch.where(keep, live, 0.0)).sum()
-    # The schedule divides by max(num_tokens, 1) and DDP averages over DP: undo both.
-    loss = dp_size * num_tokens.clamp(min=1) * weighted
+    keep = group.local > 0
+    weighted = (group.local * torch.where(keep, live, 0.0)).sum()
+    # The schedule divides by max(num_tokens, 1) and by the micro-batches, DDP averages over DP (x CP):
+    # undo all three, so the gradient is that of sum_{i in group} w_i * l_i.
+    scale = torch.distributed.get_world_size(group=dp_group) * cp_size * group.scale
+    loss = scale * num_tokens.clamp(min=1) * weighted
 
-    stats = weight_stats(weights, group_losses, group_ids, num_domains)
+    stats = weight_stats(group.weights, group.losses, group.domain_ids, num_domains)
     stats.pop("num_nonfinite")  # reported per rank above, so that it sums to the step's count
     group_mass = stats.pop("group_mass", None)
     # Every entry below counts 1: one [k, 2] block, its rows the pairs (a few ops, not 4 per entry).
     names = ["weighted loss", "reweight r", *stats]
-    values = [(dp_size * weighted).detach().reshape(1), torch.full((1,), r, device=device),
+    values = [(scale * weighted).detach().reshape(1), torch.full((1,), r, device=device),
               torch.stack(list(stats.values()))]
     if group_mass is not None:
         names += [f"domain {d} weight_share" for d in range(num_domains)]

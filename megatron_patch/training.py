@@ -30,7 +30,7 @@ from . import checkpointing
 from .arguments import no_effect_flags_given, resolve_config
 from .config import RunConfig
 from .data import DataSetup, batch_iterator, check_data_args, consumed_per_dataset
-from .distributed import initialize_distributed, is_logging_rank, print_rank0, shutdown
+from .distributed import initialize_distributed, is_logging_rank, print_rank0, rng_state, set_rng_state, shutdown
 from .errors import ArgumentError
 from .estimate import dry_run_report
 from .exits import ExitConditions
@@ -113,7 +113,8 @@ def build_run(config: RunConfig, model_provider, datasets_provider, tokenizer) -
         blend={"prefixes": list(data.blend[0]), "weights": data.blend[1]},
         reweight=config.reweight.state_dict(),
     )
-    loss = SampleLoss(config.reweight, ps.get_data_parallel_group(), num_domains=len(data.domains))
+    loss = SampleLoss(config.reweight, ps.get_data_parallel_group(), num_domains=len(data.domains),
+                      cp_group=ps.get_context_parallel_group())
     return Run(config, model, optimizer, scheduler, data, state, loss)
 
 
@@ -190,11 +191,31 @@ def train_step(run: Run, forward_step, data_iterator):
     run.model.zero_grad_buffer()
     run.optimizer.zero_grad()
     run.loss.start_step(run.state.iteration)
+    if run.loss.needs_first_pass:
+        data_iterator = weigh_global_batch(run, forward_step, data_iterator)
     reports = forward_backward(run, forward_step, data_iterator, run.loss, forward_only=False)
     updated, grad_norm = optimizer_step(run.optimizer, run.config.training.clip_grad)
     if updated:
         run.scheduler.step(increment=run.config.training.global_batch_size)
     return reports, updated, grad_norm
+
+
+def weigh_global_batch(run: Run, forward_step, data_iterator):
+    """``--reweight-group global-batch``: weigh every sample of the step before training on it.
+
+    A forward-only pass over the step's micro-batches (no activations kept) records each
+    sample's loss; the loss boundary gathers them over DP and computes the step's weights, which
+    the normal forward-backward then applies. The random states are restored after the first
+    pass, so dropout draws the same masks in both passes: the weights are those of the very
+    losses the backward trains on. Returns an iterator over the same micro-batches.
+    """
+    batches = [next(data_iterator) for _ in range(run.config.training.num_microbatches)]
+    before = rng_state()
+    with torch.no_grad(), run.loss.first_pass():
+        forward_backward(run, forward_step, iter(batches), run.loss, forward_only=True)
+    set_rng_state(before)
+    run.loss.weigh_step()
+    return iter(batches)
 
 
 @dataclasses.dataclass
@@ -285,7 +306,9 @@ def parameters_gathered(model):
 
 def log_interval(run: Run, interval: Interval, sink: MetricsSink, health: WeightHealth) -> None:
     """Reduce the interval's reports over DP (the one host sync), print the line, write the records."""
-    pairs = interval.reports.pop(ps.get_data_parallel_group()) if ps.is_pipeline_last_stage() else {}
+    # Over DP x CP, as Megatron-LM reduces its report: CP ranks hold parts of the same samples.
+    reduce_group = ps.get_data_parallel_group(with_context_parallel=True)
+    pairs = interval.reports.pop(reduce_group) if ps.is_pipeline_last_stage() else {}
     if not is_logging_rank():
         return
     config, state = run.config, run.state
@@ -299,6 +322,10 @@ def log_interval(run: Run, interval: Interval, sink: MetricsSink, health: Weight
         "skipped": interval.skipped, "nan_iterations": interval.nan_iterations,
         **summarise_train(pairs, run.data.domains),
     }
+    if config.reweight.reweighting:
+        record["group_size"] = config.reweight.group_size(config.training.micro_batch_size,
+                                                          config.parallel.data_parallel_size,
+                                                          config.training.num_microbatches)
     warning = health.check(record)
     print(console_line(record, config.training.train_iters), flush=True)
     if warning:
@@ -328,7 +355,7 @@ def evaluate(run: Run, forward_step) -> dict:
             for _ in range(config.logging.eval_iters):
                 reports.add(forward_backward(run, forward_step, batches, plain, forward_only=True))
         if ps.is_pipeline_last_stage():
-            total, count = reports.pop(ps.get_data_parallel_group())["lm loss"]
+            total, count = reports.pop(ps.get_data_parallel_group(with_context_parallel=True))["lm loss"]
             loss = total / max(count, 1)
             results[name] = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
     run.model.train()

@@ -30,8 +30,11 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
         "get_data_parallel_world_size": ("with_context_parallel",),
         "is_pipeline_last_stage": (),
         "is_pipeline_first_stage": (),
+        "get_context_parallel_group": (),
+        "get_context_parallel_world_size": (),
     },
     "megatron.core.pipeline_parallel": {"get_forward_backward_func": ()},
+    "megatron.core.utils": {"get_batch_on_this_cp_rank": ("batch",)},
     "megatron.core.pipeline_parallel.schedules": {
         "forward_backward_no_pipelining": (
             "forward_step_func",

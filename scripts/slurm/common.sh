@@ -109,6 +109,7 @@ rw_defaults() {
     : "${REWEIGHT_WARMUP_ITERS:=2000}"
     : "${REWEIGHT_WARMUP_MODE:=uniform}"    # uniform | large-r
     : "${REWEIGHT_WARMUP_R:=}"              # only with REWEIGHT_WARMUP_MODE=large-r
+    : "${REWEIGHT_GROUP:=micro-batch}"      # micro-batch (micro batch x DP) | global-batch (the whole step)
 
     # Data: a Megatron blend ("w1 prefix1 w2 prefix2 ..." or a single prefix), or mock data.
     : "${MOCK_DATA:=0}"
@@ -190,7 +191,8 @@ rw_build_train_args() {
     [[ -n $ADAM_EPS ]] && RW_TRAIN_ARGS+=(--adam-eps "$ADAM_EPS")
     if [[ $STRATEGY != uniform ]]; then
         RW_TRAIN_ARGS+=(--reweight-r "$REWEIGHT_R" --reweight-delta "$REWEIGHT_DELTA"
-            --reweight-warmup-iters "$REWEIGHT_WARMUP_ITERS" --reweight-warmup-mode "$REWEIGHT_WARMUP_MODE")
+            --reweight-warmup-iters "$REWEIGHT_WARMUP_ITERS" --reweight-warmup-mode "$REWEIGHT_WARMUP_MODE"
+            --reweight-group "$REWEIGHT_GROUP")
         [[ -n $REWEIGHT_WARMUP_R ]] && RW_TRAIN_ARGS+=(--reweight-warmup-r "$REWEIGHT_WARMUP_R")
     fi
     case $PRECISION in

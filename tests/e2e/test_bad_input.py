@@ -97,7 +97,7 @@ def test_tokenizer_larger_than_model(capsys, monkeypatch, fixture_data, prefix):
     (["--reweight-strategy", "linupper", "--reweight-r", "-1"], 1, "llama", "--reweight-r -1.0: "),
     (["--reweight-strategy", "softmax"], 1, "llama", "--reweight-strategy: invalid choice: 'softmax' (choose from"),
     (["--context-parallel-size", "2", "--reweight-strategy", "linupper"], 2, "llama",
-     "--context-parallel-size 2 is not supported"),
+     "--context-parallel-size 2 needs Transformer Engine's attention"),
     (["--save", "/dev/null/ckpt"], 1, "llama", "--save /dev/null/ckpt: /dev/null is not a writable directory"),
 ])
 def test_flags(capsys, monkeypatch, argv, world_size, family, expected):
@@ -127,3 +127,4 @@ def test_load_directories(capsys, monkeypatch, tmp_path):
     line = _error(capsys, monkeypatch, [*MOCK, "--load", str(load)])
     assert f"--load {load}: {load / 'iter_0000100'} is not a readable checkpoint of this project (" in line
     assert line.endswith("point --load elsewhere")
+

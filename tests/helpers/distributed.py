@@ -36,7 +36,7 @@ def rank_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
+def _worker(rank, world_size, port, tp, pp, cp, fn, kwargs, results):
     from megatron.core import parallel_state
 
     # Own process group, so the parent can kill this rank together with any helper processes
@@ -58,7 +58,7 @@ def _worker(rank, world_size, port, tp, pp, fn, kwargs, results):
             backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=120)
         )
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp
         )
         value = fn(**kwargs)
         ForkingPickler.dumps(value)  # an unpicklable result fails here, with a traceback
@@ -77,8 +77,9 @@ def _died(procs, reported) -> dict:
             if p.exitcode is not None and r not in reported}
 
 
-def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: float = 180, **kwargs) -> list:
-    """Run ``fn(**kwargs)`` in ``world_size`` ranks with TP=``tp``, PP=``pp`` (DP is the rest).
+def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, cp: int = 1, timeout: float = 180,
+                    **kwargs) -> list:
+    """Run ``fn(**kwargs)`` in ``world_size`` ranks with TP=``tp``, PP=``pp``, CP=``cp`` (DP is the rest).
 
     Returns the list of ``fn``'s return values, indexed by global rank. Skips the test on a CUDA
     machine with fewer GPUs than ranks. Raises ``RuntimeError`` with the failing ranks' tracebacks
@@ -92,7 +93,7 @@ def run_distributed(fn, world_size: int, *, tp: int = 1, pp: int = 1, timeout: f
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(rank, world_size, port, tp, pp, fn, kwargs, results))
+        ctx.Process(target=_worker, args=(rank, world_size, port, tp, pp, cp, fn, kwargs, results))
         for rank in range(world_size)
     ]
     for proc in procs:

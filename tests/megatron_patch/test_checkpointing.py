@@ -48,6 +48,7 @@ def test_run_record_holds_the_resolved_configuration(tmp_path):
     assert record["start_iteration"] == 3 and record["seed"] == 1234
     assert record["layout"] == {"dp": 2, "tp": 1, "pp": 1, "cp": 1, "world_size": 2}
     assert record["config"]["model"]["hidden_size"] == 128 and record["config"]["training"]["global_batch_size"] == 4
-    assert record["reweighting"] == {"strategy": "linupper", "delta": 1.0, "target_r": 0.4, "warmup_iters": 0,
+    assert record["reweighting"] == {"strategy": "linupper", "delta": 1.0, "group": "micro-batch", "target_r": 0.4,
+                                     "warmup_iters": 0,
                                      "warmup_mode": "uniform", "warmup_r": 100.0, "ramp_iters": 0}
     assert not list(tmp_path.glob("*.tmp-*"))  # written through a temporary file

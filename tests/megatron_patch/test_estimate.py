@@ -148,3 +148,14 @@ def test_dry_run_refusal_is_the_only_output(capsys):
     out = capsys.readouterr()
     assert exit_info.value.code == 2 and out.out == ""
     assert out.err.count("\n") == 1 and "--vocab-size" in out.err
+
+
+def test_dry_run_states_the_reweighting_group(capsys, monkeypatch):
+    # 8 GPUs, micro batch 2, global batch 128: 8 accumulation steps; the group is 16 or the whole 128.
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    base = ["--model", "llama-1.4b", "--dry-run", "--micro-batch-size", "2", "--global-batch-size", "128",
+            "--reweight-strategy", "linupper"]
+    pretrain_llama.main(base)
+    assert "reweighting group: 16 samples (micro batch x DP)" in capsys.readouterr().out
+    pretrain_llama.main([*base, "--reweight-group", "global-batch"])
+    assert "reweighting group: 128 samples (global batch)" in capsys.readouterr().out

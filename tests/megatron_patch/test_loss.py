@@ -9,7 +9,8 @@ from megatron.core import parallel_state as ps
 from megatron_patch.arguments import build_parser
 from megatron_patch.errors import ArgumentError
 from megatron_patch.loss import GROUP_DOMAINS, GROUP_LOSSES, ReweightConfig, SampleLoss, check_reweighting_supported
-from megatron_patch.loss import per_sample_loss, reweighted_loss
+from megatron_patch.groups import per_sample_loss
+from megatron_patch.loss import reweighted_loss
 from reweighting import TemperatureSchedule, sample_weights, weight_stats
 from tests.helpers.config import config_of
 from tests.helpers.distributed import rank_device
@@ -67,12 +68,10 @@ def test_unknown_strategy_is_refused_by_argparse():
 
 def test_refusals_name_the_flag_and_the_fix():
     config = ReweightConfig("linupper")
-    with pytest.raises(ValueError, match="--context-parallel-size 2 .*use --context-parallel-size 1"):
-        check_reweighting_supported(config, context_parallel_size=2)
     with pytest.raises(ValueError, match="--calculate-per-token-loss .*drop the flag"):
         check_reweighting_supported(config, calculate_per_token_loss=True)
     check_reweighting_supported(config)
-    check_reweighting_supported(ReweightConfig("uniform"), context_parallel_size=2, calculate_per_token_loss=True)
+    check_reweighting_supported(ReweightConfig("uniform"), calculate_per_token_loss=True)
 
 
 def _token_batch(b=4, s=8, seed=0):
@@ -246,3 +245,12 @@ def check_group_only_when_asked():
 
 def test_group_in_the_report_only_when_asked(run_distributed):
     run_distributed(check_group_only_when_asked, 2)
+
+
+def test_global_batch_without_the_first_pass_is_refused():
+    token_loss, mask = _token_batch()
+    loss = SampleLoss(ReweightConfig("linupper", group="global-batch"), dp_group=None)
+    loss.start_step(0)
+    loss_func = loss.loss_func(mask)  # building it is harmless: the forward step does so on every stage
+    with pytest.raises(RuntimeError, match="global-batch: no weights for this micro-batch"):
+        loss_func(token_loss)

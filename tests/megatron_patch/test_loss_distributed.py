@@ -27,7 +27,7 @@ R = 0.5
 LR = 0.1
 
 
-def _run_schedule(model, batches, loss_func_for):
+def _run_schedule(model, batches, loss_func_for, forward_only=False):
     """One forward-backward over ``batches`` through megatron-core's schedule; returns the reports."""
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
@@ -36,7 +36,7 @@ def _run_schedule(model, batches, loss_func_for):
     return get_forward_backward_func()(
         forward_step_func=forward_step, data_iterator=iter(batches), model=[model],
         num_microbatches=len(batches), seq_length=SEQ, micro_batch_size=batches[0]["tokens"].shape[0],
-        forward_only=False,
+        forward_only=forward_only,
     )
 
 
@@ -98,7 +98,7 @@ def check_layout(nan_at=()):
 
     def recording_dp_sample_weights(losses, **kw):
         out = real_dp_sample_weights(losses, **kw)
-        used_weights.append(out[1].clone())
+        used_weights.append(out.weights.clone())
         return out
 
     micro_index = iter(range(NUM_MICRO))

@@ -98,8 +98,11 @@ def test_linupper_uses_our_warmup_and_r():
     assert f["--reweight-strategy"] == "linupper"
     assert f["--reweight-r"] == "1.0" and f["--reweight-delta"] == "1.0"
     assert f["--reweight-warmup-iters"] == "2000" and f["--reweight-warmup-mode"] == "uniform"
+    assert f["--reweight-group"] == "micro-batch"
     g = flags(print_cmd("gpt2-large", STRATEGY="linupper"))
     assert g["--reweight-r"] == "0.4" and g["--reweight-warmup-iters"] == "1000"
+    h = flags(print_cmd("llama-7b", STRATEGY="linupper", REWEIGHT_GROUP="global-batch"))
+    assert h["--reweight-group"] == "global-batch"
 
 
 @pytest.mark.parametrize("script,gbs,mbs", [("gpt2-small", "32", "4"), ("gpt2-medium", "48", "6"),
@@ -133,6 +136,30 @@ def test_environment_overrides_and_extra_arguments_win():
     # "$@" comes last, so argparse keeps it; the derived LR warm-up follows --train-iters
     assert argv[-4:] == ["--train-iters", "100", "--lr", "1e-3"]
     assert f["--train-iters"] == "100" and f["--lr"] == "1e-3" and f["--lr-warmup-iters"] == "5"
+
+
+@pytest.mark.parametrize("script", ["gpt2-small", "gpt2-medium", "gpt2-large"])
+def test_the_papers_gpt2_data_through_the_environment(script, tmp_path):
+    from megatron_patch.arguments import resolve_config
+    from megatron_patch.domains import DOMAIN_WEIGHTS
+
+    train = [f"/d/{d}_train_text_document" for d in DOMAIN_WEIGHTS["doge"]]
+    valid = [p.replace("_train_", "_valid_") for p in train]
+    vocab, merges = tmp_path / "vocab.json", tmp_path / "merges.txt"
+    vocab.write_text("{}")
+    merges.write_text("")
+    argv = print_cmd(script, DATA_PATH=" ".join(train), VALID_DATA_PATH=" ".join(valid), DOMAIN_WEIGHTS="doge",
+                     TOKENIZER_TYPE="GPT2BPETokenizer", VOCAB_FILE=vocab, MERGE_FILE=merges,
+                     OUTPUT_DIR=tmp_path / "run")
+    f = flags(argv)
+    assert (f["--domain-weights"], f["--tokenizer-type"], f["--vocab-file"], f["--merge-file"]) == (
+        "doge", "GPT2BPETokenizer", str(vocab), str(merges))
+    assert f["--data-path"].split() == train and f["--valid-data-path"].split() == valid
+    # What the entry point resolves from that command: the DoGE weight of each domain's prefix.
+    entry = next(i for i, a in enumerate(argv) if a.endswith("pretrain_gpt.py"))
+    config, _ = resolve_config(argv[entry + 1:], family="gpt", world_size=8, with_tokenizer=False)
+    blend = dict(zip(config.data.data_path[1::2], map(float, config.data.data_path[0::2])))
+    assert blend == {p: DOMAIN_WEIGHTS["doge"][p.split("/")[-1].split("_")[0]] for p in train}
 
 
 def test_data_is_required_unless_mock():

@@ -26,15 +26,14 @@ TARGET = 1.01
 BASE_FLAGS = [*TINY_MOCK_FLAGS, "--log-interval", "1"]
 
 
-def run_entry_point(strategy: str, args: argparse.Namespace, extra: list[str]) -> float:
-    """One ``pretrain_llama.py`` run; returns its steady-state ms per step."""
+def run_entry_point(label: str, variant_flags: list[str], args: argparse.Namespace, extra: list[str]) -> float:
+    """One ``pretrain_llama.py`` run with ``variant_flags``; returns its steady-state ms per step."""
     with tempfile.TemporaryDirectory() as tmp:
         metrics = f"{tmp}/metrics.jsonl"
-        flags = [*BASE_FLAGS, "--train-iters", str(args.train_iters), "--metrics-file", metrics,
-                 "--reweight-strategy", strategy, "--reweight-r", str(args.r), *extra]
+        flags = [*BASE_FLAGS, "--train-iters", str(args.train_iters), "--metrics-file", metrics, *variant_flags, *extra]
         run_torchrun(["pretrain_llama.py", *flags], nproc=args.nproc)
         ms = steady_ms_per_iter(read_metrics(metrics, "train"), args.skip_iters)
-    print(f"  {strategy:>9}: {ms:8.1f} ms/step", flush=True)
+    print(f"  {label:>12}: {ms:8.1f} ms/step", flush=True)
     return ms
 
 
@@ -50,7 +49,8 @@ def main(argv=None):
     own, extra = split_extra(argv)
     args = parse_args(own)
     print(f"machine: {machine()}")
-    results = interleave([args.strategy, "uniform"], args.rounds, lambda s: run_entry_point(s, args, extra))
+    variants = {s: ["--reweight-strategy", s, "--reweight-r", str(args.r)] for s in (args.strategy, "uniform")}
+    results = interleave(list(variants), args.rounds, lambda s: run_entry_point(s, variants[s], args, extra))
     return report_ratio(results, args.strategy, "uniform", what="reweighting overhead", unit="ms/step",
                         target=TARGET, at_most=True)
 
