@@ -1,0 +1,11 @@
+"""One-line errors: whatever a library raised, the user sees one short line."""
+
+from megatron_patch.errors import one_line
+
+
+def test_one_line_folds_and_cuts_a_library_message():
+    err = RuntimeError("INTERNAL: could not parse\n  ModelProto from\tfile.model " + "x" * 500)
+    line = one_line(err, limit=60)
+    assert line.startswith("RuntimeError: INTERNAL: could not parse ModelProto from file.model")
+    assert "\n" not in line and len(line) == len("RuntimeError: ") + 60
+
