@@ -53,6 +53,9 @@ class LoopState:
     blend: dict = dataclasses.field(default_factory=dict)  # prefixes, weights (sampling probabilities)
     consumed_per_dataset: dict = dataclasses.field(default_factory=dict)  # domain name -> samples drawn
     layout: dict = dataclasses.field(default_factory=dict)  # dp, tp, pp, cp
+    # Weights without optimizer, RNG or data position (tools/convert_checkpoint.py --from-hf):
+    # --load starts from them at iteration 0 with a fresh optimizer and schedule.
+    weights_only: bool = False
 
 
 def checkpoint_dir(root: str, iteration: int) -> str:
@@ -204,19 +207,24 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
         return None
     path = checkpoint_dir(root, iteration)
     common = _read_common(root, path)
-    sharded = _sharded_state(model, optimizer, is_loading=True)
-    if not load_optim:
-        sharded.pop("optimizer")
+    weights_only = common["loop"].get("weights_only", False)
+    load_optim = load_optim and not weights_only
+    # Without the optimizer, not even its template (a fresh distributed optimizer takes a step to make one).
+    sharded = _sharded_state(model, optimizer, is_loading=True) if load_optim else \
+        {"model": model.module.sharded_state_dict()}
     try:
         loaded = dist_checkpointing.load(sharded, path)
     except Exception as err:  # noqa: BLE001 - any read failure is a damaged checkpoint to the user
-        raise ArgumentError(f"--load {root}: {path} cannot be read ({one_line(err)}); remove it and "
-                            f"write the previous iteration into {MARKER}, or point --load elsewhere") from err
+        fix = ("pass the model flags its run.json lists (model_flags)" if weights_only else
+               f"remove it and write the previous iteration into {MARKER}, or point --load elsewhere")
+        raise ArgumentError(f"--load {root}: {path} cannot be read ({one_line(err)}); {fix}") from err
     with torch.no_grad():  # fp32 with the distributed optimizer: its shards are views of the weights
         model.module.load_state_dict(loaded["model"])
         if load_optim:
             optimizer.load_state_dict(loaded["optimizer"])
             _restore_adam_steps(optimizer)
+        else:  # bf16/fp16: the fp32 main weights were copied from the initial weights; take the loaded ones
+            optimizer.reload_model_params()
     _check_finite(model, path)
     rank_file = os.path.join(path, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
     if load_rng and os.path.exists(rank_file):
@@ -235,6 +243,10 @@ def resume(config, model, optimizer, scheduler, state: LoopState) -> None:
                              load_rng=not ckpt.no_load_rng)
     if loaded is None:
         print_rank0(f"--load {ckpt.load}: no checkpoint there yet, starting from iteration 0")
+        return
+    if loaded.weights_only:
+        print_rank0(f"--load {ckpt.load}: weights only (an imported model), starting from them at iteration 0 "
+                    "with a fresh optimizer and schedule")
         return
     check_resume(loaded, state, override_blend=ckpt.override_data_blend)
     if not ckpt.no_load_optim:

@@ -18,6 +18,15 @@ SUPPORTED_VERSIONS = ("0.16.1",)
 REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
     "megatron.core": {"parallel_state": (), "tensor_parallel": (), "dist_checkpointing": (), "package_info": ()},
     "megatron.core.tensor_parallel": {"random": ()},
+    # The Hugging Face converter (megatron_patch/hf_checkpoint.py) reads whole tensors by their
+    # global shapes and writes weights-only checkpoints without a model.
+    "megatron.core.dist_checkpointing": {
+        "ShardedTensor": (),
+        "ShardedTensor.from_rank_offsets": ("key", "data", "replica_id"),
+        "ShardedObject": ("key", "data", "global_shape", "global_offset", "replica_id"),
+        "load_tensors_metadata": ("checkpoint_dir",),
+        "load": ("sharded_state_dict", "checkpoint_dir", "validate_access_integrity"),
+    },
     "megatron.core.parallel_state": {
         "initialize_model_parallel": (
             "tensor_model_parallel_size",
@@ -92,6 +101,8 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
         "get_megatron_optimizer": ("config", "model_chunks"),
         "distrib_optimizer": (),
     },
+    # --no-load-optim and weights-only checkpoints: fp16/bf16 main weights follow the loaded weights.
+    "megatron.core.optimizer.optimizer": {"MegatronOptimizer.reload_model_params": ()},
     "megatron.core.optimizer.distrib_optimizer": {
         "DistributedOptimizer": (),
         # Used to create a fresh optimizer's state before a checkpoint is loaded into it.

@@ -52,3 +52,39 @@ def test_run_record_holds_the_resolved_configuration(tmp_path):
                                      "warmup_iters": 0,
                                      "warmup_mode": "uniform", "warmup_r": 100.0, "ramp_iters": 0}
     assert not list(tmp_path.glob("*.tmp-*"))  # written through a temporary file
+
+
+def _main_weights_follow_the_loaded_weights(root, extra):
+    """Save perturbed bf16 weights, then resume another run (other seed) with --no-load-optim: returns how far
+    the optimizer's fp32 main weights are from the loaded weights (written back over them, as a step does)."""
+    import torch
+
+    from megatron_patch import checkpointing
+    from megatron_patch.distributed import set_seeds
+    from megatron_patch.model import gpt_model_provider
+    from megatron_patch.training import build_model_and_optimizer
+
+    def built(*flags):
+        config = tiny_config("--bf16", *extra, *flags)
+        set_seeds(config.training.seed)
+        return (config, *build_model_and_optimizer(gpt_model_provider, config))
+
+    _, model, optimizer, _ = built()
+    checkpointing._give_optimizer_state(optimizer)  # a distributed optimizer saves only once it has state
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)  # far from any initialisation
+    checkpointing.save_checkpoint(str(root), model, optimizer, LoopState(iteration=1, layout={"dp": 1}), log=str)
+    config, model, optimizer, scheduler = built("--load", str(root), "--no-load-optim", "--seed", "7")
+    checkpointing.resume(config, model, optimizer, scheduler, LoopState(layout={"dp": 1}))
+    loaded = [p.detach().float().clone() for p in model.parameters()]
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        sub._copy_main_params_to_model_params()
+    return max((p.float() - q).abs().max().item() for p, q in zip(model.parameters(), loaded))
+
+
+@pytest.mark.parametrize("extra", [(), ("--use-distributed-optimizer",)], ids=["adam", "distributed"])
+def test_no_load_optim_gives_bf16_main_weights_the_loaded_weights(tmp_path, run_distributed, extra):
+    # Before: the fp32 main weights kept the new run's initialisation, and the first step wrote it back.
+    [gap] = run_distributed(_main_weights_follow_the_loaded_weights, world_size=1, root=tmp_path / "ckpt", extra=extra)
+    assert gap == 0.0
