@@ -19,7 +19,8 @@ from .health import WeightHealthConfig
 from .loss import ReweightConfig, check_reweighting_supported
 from .model import transformer_engine_available
 from .presets import FAMILY_DEFAULTS, PRESETS
-from .tokenizer import build_tokenizer
+from .domains import weighted_blend
+from .tokenizer import build_tokenizer, tokenizer_settings
 
 # RunConfig field -> (section, argparse group title).
 SECTIONS = {
@@ -68,8 +69,6 @@ UNSUPPORTED_HINTS = {
     "--lr-decay-samples": "use --lr-decay-iters",
     "--lr-warmup-samples": "use --lr-warmup-iters or --lr-warmup-fraction",
     "--rampup-batch-size": "batch-size ramp-up is not supported; use a fixed --global-batch-size",
-    "--vocab-file": "GPT-2 BPE is not supported; pass a SentencePiece --tokenizer-model (tools/train_tokenizer.py)",
-    "--merge-file": "GPT-2 BPE is not supported; pass a SentencePiece --tokenizer-model (tools/train_tokenizer.py)",
     "--recompute-activations": "activation recomputation is not supported; lower --micro-batch-size or raise TP/PP",
     "--recompute-granularity": "activation recomputation is not supported; lower --micro-batch-size or raise TP/PP",
     "--fp16-lm-cross-entropy": "the cross entropy is computed in fp32 here; drop the flag",
@@ -171,9 +170,10 @@ def resolve_config(argv=None, *, family: str = "llama", world_size: int = 1, wit
     validate_args(args, world_size)
     tokenizer = None
     if with_tokenizer and not args.dry_run:
-        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+        tokenizer = build_tokenizer(**tokenizer_settings(args), vocab_size=args.vocab_size)
         if args.vocab_size is not None and tokenizer.vocab_size > args.vocab_size:
-            raise ArgumentError(f"--tokenizer-model has {tokenizer.vocab_size} tokens, more than --vocab-size "
+            source = "--vocab-file" if args.tokenizer_type == "GPT2BPETokenizer" else "--tokenizer-model"
+            raise ArgumentError(f"{source} has {tokenizer.vocab_size} tokens, more than --vocab-size "
                                 f"{args.vocab_size}; raise --vocab-size or drop it to take the tokenizer's")
         args.vocab_size = args.vocab_size or tokenizer.vocab_size
     if args.vocab_size is not None:
@@ -258,15 +258,23 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         _require(args.save is not None, "--save-interval needs --save DIR")
     if not args.dry_run and not args.mock_data:
         _require(bool(args.data_path), "--data-path is not set; pass [weight] prefix ... or --mock-data")
-        _require(args.tokenizer_model is not None or args.tokenizer_type == "NullTokenizer",
-                 "--tokenizer-model is not set; pass a SentencePiece .model file")
+        if args.tokenizer_type == "GPT2BPETokenizer":
+            _require(args.vocab_file is not None and args.merge_file is not None,
+                     "--tokenizer-type GPT2BPETokenizer needs --vocab-file (vocab.json) and --merge-file (merges.txt)")
+        else:
+            _require(args.tokenizer_model is not None or args.tokenizer_type == "NullTokenizer",
+                     f"--tokenizer-model is not set; pass the file of --tokenizer-type {args.tokenizer_type}")
+    if args.domain_weights is not None:
+        args.data_path = weighted_blend(args.domain_weights, args.data_path)
     _check_paths(args)
 
 
 def _check_paths(args: argparse.Namespace) -> None:
     """Files and directories of the wrong kind, before anything starts (each names its flag)."""
-    if args.tokenizer_model is not None:
-        _require(os.path.isfile(args.tokenizer_model), f"--tokenizer-model {args.tokenizer_model}: no such file")
+    exists = os.path.exists if args.tokenizer_type == "HuggingFaceTokenizer" else os.path.isfile
+    for flag, path in (("--tokenizer-model", args.tokenizer_model), ("--vocab-file", args.vocab_file),
+                       ("--merge-file", args.merge_file)):
+        _require(path is None or exists(path), f"{flag} {path}: no such file")
     for flag, path in (("--save", args.save), ("--load", args.load), ("--tensorboard-dir", args.tensorboard_dir),
                        ("--data-cache-path", args.data_cache_path)):
         _require(path is None or not os.path.exists(path) or os.path.isdir(path),

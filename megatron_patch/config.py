@@ -67,12 +67,13 @@ def _base_type(hint):
     return typing.get_origin(hint) or hint
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, title: str, description: str | None = None):
-    """Add the flags of section ``cls`` to ``parser`` as one argument group; returns the group."""
+def add_flags(parser: argparse.ArgumentParser, cls, title: str, description: str | None = None, *,
+              only: tuple[str, ...] | None = None):
+    """Add the flags of section ``cls`` (or its fields ``only``) to ``parser`` as one argument group; returns the group."""
     group = parser.add_argument_group(title, description)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if not _is_flag(field):
+        if not _is_flag(field) or (only is not None and field.name not in only):
             continue
         kind, meta = _base_type(hints[field.name]), field.metadata
         shown = "" if field.default in (None, False) else f" (default: {field.default})"
@@ -184,9 +185,18 @@ class DataConfig(_Checked):
                                                    "training weights")
     split: str = flag("969,30,1", "train,valid,test shares of each --data-path prefix")
     mock_data: bool = flag(False, "random tokens instead of a dataset")
-    tokenizer_type: str = flag("SentencePieceTokenizer", "tokenizer kind",
-                               choices=("SentencePieceTokenizer", "NullTokenizer"))
-    tokenizer_model: str | None = flag(None, "SentencePiece .model file")
+    domain_weights: str | None = flag(None, "weight the --data-path prefixes by domain name: the paper's uniform, "
+                                            "DoGE or DoReMi weights (megatron_patch/domains.py)",
+                                      choices=("uniform", "doge", "doremi"))
+    tokenizer_type: str = flag("SentencePieceTokenizer", "tokenizer kind (megatron_patch/tokenizer.py)",
+                               choices=("SentencePieceTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer",
+                                        "TikTokenizer", "NullTokenizer"))
+    tokenizer_model: str | None = flag(None, "SentencePiece .model, Hugging Face tokenizer.json (or its directory), "
+                                             "or megatron-core's tiktoken JSON")
+    vocab_file: str | None = flag(None, "GPT2BPETokenizer: GPT-2's vocab.json")
+    merge_file: str | None = flag(None, "GPT2BPETokenizer: GPT-2's merges.txt")
+    tiktoken_pattern: str = flag("v2", "TikTokenizer: megatron-core's split pattern", choices=("v1", "v2"))
+    tiktoken_num_special_tokens: int = flag(1000, "TikTokenizer: special ids before the ranks", minimum=7)
     data_cache_path: str | None = flag(None, "where megatron-core caches the dataset indices")
     num_workers: int = flag(0, "DataLoader worker processes", minimum=0)
 

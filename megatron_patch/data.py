@@ -11,7 +11,6 @@ fairly.
 
 import dataclasses
 import os
-import re
 import struct
 
 import numpy as np
@@ -22,15 +21,9 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.datasets.indexed_dataset import DType
 
 from .arguments import parse_data_path
-from .errors import ArgumentError
 from .distributed import print_rank0
-
-
-def domain_name(prefix: str) -> str:
-    """A short display name for a dataset prefix: ``data/wiki_train_text_document`` -> ``wiki``."""
-    name = os.path.basename(prefix)
-    name = re.sub(r"_text_document$", "", name)
-    return re.sub(r"_(train|valid|validation|test)$", "", name)
+from .domains import domain_name
+from .errors import ArgumentError
 
 
 # Megatron's .idx layout: magic, version (8 bytes), token dtype code (1), sequence count (8),

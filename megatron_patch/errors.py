@@ -12,3 +12,14 @@ class ArgumentError(ValueError):
 def one_line(err: BaseException, limit: int = 200) -> str:
     """An exception as one short line (error messages stay one line whatever a library raised)."""
     return f"{type(err).__name__}: {' '.join(str(err).split())[:limit]}"
+
+
+def require_module(name: str, needed_for: str):
+    """``import name``, or one line naming what needs it and how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ArgumentError(f"{needed_for} needs the {name} package; pip install "
+                            "'megatron-reweighting[tokenizers]' (or -r requirements-cpu.txt)") from None

@@ -115,7 +115,12 @@ rw_defaults() {
     : "${MOCK_DATA:=0}"
     : "${DATA_PATH:=}"
     : "${SPLIT:=}"                          # e.g. 990,8,2; empty: the entry point's default
-    : "${TOKENIZER_MODEL:=}"
+    : "${VALID_DATA_PATH:=}"                # validation prefixes, one per domain; empty: SPLIT's part of DATA_PATH
+    : "${DOMAIN_WEIGHTS:=}"                 # uniform | doge | doremi: DATA_PATH holds prefixes only, one per domain
+    : "${TOKENIZER_TYPE:=}"                 # empty: the entry point's default (SentencePieceTokenizer)
+    : "${TOKENIZER_MODEL:=}"                # .model, tokenizer.json (or its directory), tiktoken JSON
+    : "${VOCAB_FILE:=}"                     # GPT2BPETokenizer: vocab.json
+    : "${MERGE_FILE:=}"                     # GPT2BPETokenizer: merges.txt
 
     # Run directories.
     : "${RUN_NAME:=${MODEL}-${STRATEGY}}"
@@ -217,7 +222,16 @@ rw_build_train_args() {
         rw_die "set DATA_PATH (a Megatron blend or prefix) or MOCK_DATA=1"
     fi
     [[ -n $SPLIT ]] && RW_TRAIN_ARGS+=(--split "$SPLIT")
+    if [[ -n $VALID_DATA_PATH ]]; then
+        local -a valid
+        read -r -a valid <<<"$VALID_DATA_PATH"
+        RW_TRAIN_ARGS+=(--valid-data-path "${valid[@]}")
+    fi
+    [[ -n $DOMAIN_WEIGHTS ]] && RW_TRAIN_ARGS+=(--domain-weights "$DOMAIN_WEIGHTS")
+    [[ -n $TOKENIZER_TYPE ]] && RW_TRAIN_ARGS+=(--tokenizer-type "$TOKENIZER_TYPE")
     [[ -n $TOKENIZER_MODEL ]] && RW_TRAIN_ARGS+=(--tokenizer-model "$TOKENIZER_MODEL")
+    [[ -n $VOCAB_FILE ]] && RW_TRAIN_ARGS+=(--vocab-file "$VOCAB_FILE")
+    [[ -n $MERGE_FILE ]] && RW_TRAIN_ARGS+=(--merge-file "$MERGE_FILE")
     [[ -n $TENSORBOARD_DIR ]] && RW_TRAIN_ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR")
     [[ -n $METRICS_FILE ]] && RW_TRAIN_ARGS+=(--metrics-file "$METRICS_FILE")
     [[ -n $EXIT_DURATION_MINS ]] && RW_TRAIN_ARGS+=(--exit-duration-in-mins "$EXIT_DURATION_MINS")

@@ -29,8 +29,8 @@ def resolve(argv, family="gpt", world_size=1):
     return config_of(argv, family=family, world_size=world_size)
 
 
-# Written like examples/gpt3/train_gpt3_175b_distributed.sh (GPT-3 175B), with the flags we
-# support: --mock-data and --vocab-size instead of GPT-2 BPE's --vocab-file/--merge-file.
+# Written like examples/gpt3/train_gpt3_175b_distributed.sh (GPT-3 175B), on mock data: --vocab-size
+# instead of GPT-2 BPE's --vocab-file/--merge-file (which need the files).
 GPT3_ARGS = """
     --num-layers 96 --hidden-size 12288 --num-attention-heads 96 --seq-length 2048
     --max-position-embeddings 2048 --attention-backend auto --use-flash-attn
@@ -110,7 +110,6 @@ def test_overlap_param_gather_needs_the_distributed_optimizer():
 
 @pytest.mark.parametrize("flags, named", [
     (["--train-samples", "1953125000", "--lr-warmup-samples", "3906252"], ["--train-samples", "--lr-warmup-samples"]),
-    (["--vocab-file", "gpt2-vocab.json", "--merge-file", "gpt2-merges.txt"], ["--vocab-file", "--merge-file"]),
     (["--rampup-batch-size", "16", "16", "5859375"], ["--rampup-batch-size"]),
     (["--recompute-granularity=full"], ["--recompute-granularity"]),
     (["--finetune"], ["--finetune", "--no-load-optim"]),

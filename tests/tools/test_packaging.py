@@ -48,4 +48,5 @@ def test_console_scripts_name_the_data_tools(setup_kwargs):
     scripts = dict(line.split("=") for line in setup_kwargs["entry_points"]["console_scripts"])
     assert {k: v for k, v in scripts.items() if v.startswith("tools.")} == {
         "rw-preprocess-data": "tools.preprocess_data:main", "rw-train-tokenizer": "tools.train_tokenizer:main",
-        "rw-build-corpus": "tools.build_corpus:main", "rw-prepare-data": "tools.prepare_data:main"}
+        "rw-build-corpus": "tools.build_corpus:main", "rw-prepare-data": "tools.prepare_data:main",
+        "rw-prepare-slimpajama": "tools.prepare_slimpajama:main"}

@@ -1,5 +1,6 @@
-"""tools/preprocess_data.py: exact round trip through megatron-core readers, workers, bad lines, atomicity,
-and the command as users type it (a file path from any directory, or ``-m`` from the repository)."""
+"""tools/preprocess_data.py: exact round trip through megatron-core readers for every tokenizer type and input
+format, workers, bad lines, atomicity, and the command as users type it (a file path from any directory, or
+``-m`` from the repository)."""
 
 import json
 import os
@@ -13,9 +14,11 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatase
 from megatron.core.tokenizers import MegatronTokenizer
 
 from megatron_patch.launch import ROOT
-from tests.tools.helpers import TOOLS, fixture_texts, run_python, write_jsonl
+from megatron_patch.tokenizer import TOKENIZER_TYPES, tokenizer_flags
+from tests.helpers.tokenizer_files import Reference, null_texts
+from tests.tools.helpers import TOOLS, fixture_texts, run_python, write_corpus, write_jsonl
 from tools.data.jsonl_documents import BadLineError
-from tools.preprocess_data import main, preprocess_jsonl
+from tools.preprocess_data import main, preprocess, preprocess_jsonl
 
 
 def expected_documents(tokenizer_model, texts, append_eod=True):
@@ -89,7 +92,7 @@ def test_gpt_dataset_samples_are_slices_of_the_documents(tmp_path, documents_jso
 
 
 def test_several_workers_write_the_same_bytes(tmp_path, documents_jsonl, tokenizer_model, monkeypatch):
-    monkeypatch.setattr("tools.preprocess_data.BYTES_PER_TASK", 4096)  # many tasks even for small input
+    monkeypatch.setattr("tools.data.encode_corpus.BYTES_PER_TASK", 4096)  # many tasks even for small input
     for workers in (1, 3):
         preprocess_jsonl(documents_jsonl, str(tmp_path / f"w{workers}"), tokenizer_model,
                          append_eod=True, workers=workers)
@@ -145,3 +148,78 @@ def test_a_crash_mid_write_leaves_nothing_under_the_final_names(tmp_path, docume
         preprocess_jsonl(documents_jsonl, prefix, tokenizer_model, append_eod=True)
     assert sorted(os.listdir(tmp_path)) == ["o_text_document.bin", "o_text_document.idx"]
     assert (tmp_path / "o_text_document.bin").read_bytes() == old  # the old dataset is untouched
+
+
+def read_back(prefix):
+    dataset = IndexedDataset(prefix)
+    return [dataset[i].tolist() for i in range(len(dataset))], dataset.index.dtype
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_TYPES)
+def test_every_tokenizer_type_round_trips(tmp_path, tokenizer_stand_ins, kind, capsys):
+    settings = tokenizer_stand_ins[kind]
+    texts = fixture_texts() + ["<|endoftext|> and </s> in the text", "caf\u00e9 \U0001f600"]
+    texts = null_texts(texts) if kind == "NullTokenizer" else texts
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    main(["--input", path, "--output-prefix", str(tmp_path / "o"), *tokenizer_flags(settings), "--append-eod",
+          "--workers", "2"])
+    reference = Reference(settings)
+    documents, dtype = read_back(str(tmp_path / "o_text_document"))
+    assert documents == [list(reference.encode(t)) + [reference.eod] for t in texts]  # one per line, in order
+    assert dtype == np.uint16 and sum(map(len, documents)) > 10_000
+    summary = capsys.readouterr().err
+    padded = -(-reference.vocab_size // 128) * 128
+    assert (f"tokenizer {kind}: vocabulary {reference.vocab_size} (model rows {padded} with "
+            f"--make-vocab-size-divisible-by 128 at TP 1), EOD id {reference.eod}") in summary
+
+
+def test_every_input_format_and_several_files_give_the_same_dataset(tmp_path, tokenizer_model):
+    records = [{"text": t, "id": i} for i, t in enumerate(fixture_texts())]
+    half = len(records) // 2
+    settings = {"tokenizer_type": "SentencePieceTokenizer", "tokenizer_model": tokenizer_model}
+    outputs = {}
+    for suffix in (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet"):
+        write_corpus(tmp_path / f"all{suffix}", records)
+        preprocess([str(tmp_path / f"all{suffix}")], str(tmp_path / suffix[1:]), settings, append_eod=True,
+                   workers=2)
+        outputs[suffix] = [(tmp_path / f"{suffix[1:]}_text_document{ext}").read_bytes() for ext in (".bin", ".idx")]
+    (tmp_path / "parts").mkdir()
+    write_corpus(tmp_path / "parts" / "1.jsonl.zst", records[:half])
+    write_corpus(tmp_path / "parts" / "2.parquet", records[half:])
+    preprocess([str(tmp_path / "parts")], str(tmp_path / "parts_out"), settings, append_eod=True, workers=2)
+    outputs["directory"] = [(tmp_path / f"parts_out_text_document{ext}").read_bytes() for ext in (".bin", ".idx")]
+    assert all(value == outputs[".jsonl"] for value in outputs.values())
+    documents, _ = read_back(str(tmp_path / "jsonl_text_document"))
+    assert documents == expected_documents(tokenizer_model, fixture_texts())
+
+
+def test_a_bad_line_is_one_error_line_naming_file_line_and_the_flag(tmp_path, tokenizer_model, capsys):
+    path = bad_input(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--input", path, "--output-prefix", str(tmp_path / "o"), "--tokenizer-model", tokenizer_model])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines() == [
+        f"error: {path}:2: bad line (not JSON); fix the file, or pass --on-bad-line skip to skip bad lines and "
+        "report them"]
+    rows = write_corpus(tmp_path / "rows.parquet", [{"text": "fine"}, {"text": None}, {"text": "fine too"}])
+    with pytest.raises(SystemExit):
+        main(["--input", rows, "--output-prefix", str(tmp_path / "p"), "--tokenizer-model", tokenizer_model])
+    assert f"error: {rows}:2: bad line (value is not a string ('text'))" in capsys.readouterr().err
+
+
+def test_text_the_tokenizer_refuses_is_a_bad_line(tmp_path):
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"text": "1 2 3"}, {"text": "1 two 3"}, {"text": "7 999"}])
+    settings = {"tokenizer_type": "NullTokenizer", "vocab_size": 100}
+    with pytest.raises(BadLineError, match=r"ids\.jsonl:2: bad line \(cannot be tokenized \(ValueError"):
+        preprocess([path], str(tmp_path / "o"), settings)
+    result = preprocess([path], str(tmp_path / "o"), settings, on_bad_line="skip")
+    assert result.documents == {"text": 1} and result.bad_lines.total == 2  # 999 is not below --vocab-size 100
+
+
+def test_a_wrong_tokenizer_file_is_one_error_line(tmp_path, documents_jsonl, capsys):
+    with pytest.raises(SystemExit):
+        main(["--input", documents_jsonl, "--output-prefix", str(tmp_path / "o"), "--tokenizer-type",
+              "GPT2BPETokenizer", "--vocab-file", documents_jsonl, "--merge-file", documents_jsonl])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --vocab-file {documents_jsonl}: not GPT-2's vocab.json")
+    assert os.listdir(tmp_path) == []

@@ -1,7 +1,8 @@
 """Read JSONL documents (one JSON object per line) and account for bad lines.
 
 A line is *bad* when it is not UTF-8, not a JSON object, or lacks one of the wanted keys (or its
-value is not a string). Blank lines are ignored. Line numbers are 1-based, as in an editor.
+value is not a string). Blank lines are ignored. Line numbers are 1-based, as in an editor; a
+Parquet row is numbered the same way.
 """
 
 import dataclasses
@@ -9,25 +10,23 @@ import json
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from megatron_patch.errors import ArgumentError
+
 NOT_UTF8 = "not UTF-8"
 NOT_JSON = "not JSON"
 NOT_OBJECT = "not a JSON object"
 MISSING_KEY = "missing key"
 NOT_STRING = "value is not a string"
 ON_BAD_LINE_CHOICES = ("fail", "skip")
+SKIP_HINT = "pass --on-bad-line skip to skip bad lines and report them"
 
 
-class BadLineError(ValueError):
-    """Raised on the first bad line when bad lines are not skipped."""
+class BadLineError(ArgumentError):
+    """Raised on the first bad line when bad lines are not skipped (bad input: one ``error:`` line)."""
 
 
-def parse_line(raw: bytes, keys: Sequence[str]) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
-    """Parse one raw JSONL line.
-
-    Returns:
-        ``(texts, None)`` with one string per key, ``(None, reason)`` for a bad line, or
-        ``(None, None)`` for a blank line.
-    """
+def parse_record(raw: bytes) -> Tuple[Optional[dict], Optional[str]]:
+    """One raw JSONL line -> ``(record, None)``, ``(None, reason)`` if bad, ``(None, None)`` if blank."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -40,6 +39,11 @@ def parse_line(raw: bytes, keys: Sequence[str]) -> Tuple[Optional[Dict[str, str]
         return None, NOT_JSON
     if not isinstance(record, dict):
         return None, NOT_OBJECT
+    return record, None
+
+
+def select_texts(record: dict, keys: Sequence[str]) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+    """``record``'s text under each key -> ``(texts, None)``, or ``(None, reason)``."""
     texts = {}
     for key in keys:
         if key not in record:
@@ -50,36 +54,47 @@ def parse_line(raw: bytes, keys: Sequence[str]) -> Tuple[Optional[Dict[str, str]
     return texts, None
 
 
+def parse_line(raw: bytes, keys: Sequence[str]) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+    """Parse one raw JSONL line.
+
+    Returns:
+        ``(texts, None)`` with one string per key, ``(None, reason)`` for a bad line, or
+        ``(None, None)`` for a blank line.
+    """
+    record, reason = parse_record(raw)
+    if record is None:
+        return None, reason
+    return select_texts(record, keys)
+
+
 @dataclasses.dataclass
 class BadLineReport:
-    """Counts bad lines by reason and keeps the first ``max_examples`` line numbers."""
+    """Counts bad lines by reason and keeps the first ``max_examples`` places (``file:line``)."""
 
     path: str
     max_examples: int = 20
     counts: Counter = dataclasses.field(default_factory=Counter)
-    examples: List[Tuple[int, str]] = dataclasses.field(default_factory=list)
+    examples: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, line_number: int, reason: str, on_bad_line: str) -> None:
-        """Record a bad line; raise :class:`BadLineError` unless ``on_bad_line == 'skip'``."""
+    def add(self, line_number: int, reason: str, on_bad_line: str, path: Optional[str] = None) -> None:
+        """Record a bad line of ``path`` (default: the report's); raise :class:`BadLineError` unless skipping."""
+        place = f"{path or self.path}:{line_number}"
         if on_bad_line != "skip":
-            raise BadLineError(
-                f"{self.path}:{line_number}: bad line ({reason}). Fix the file, or pass "
-                "--on-bad-line skip to skip bad lines and report them."
-            )
+            raise BadLineError(f"{place}: bad line ({reason}); fix the file, or {SKIP_HINT}")
         self.counts[reason] += 1
         if len(self.examples) < self.max_examples:
-            self.examples.append((line_number, reason))
+            self.examples.append((place, reason))
 
     def summary(self) -> str:
         """One line: how many bad lines, why, and where the first ones are."""
         if not self.total:
             return f"{self.path}: no bad lines"
         reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.counts.items()))
-        where = ", ".join(f"{line} ({reason})" for line, reason in self.examples)
+        where = ", ".join(f"{place} ({reason})" for place, reason in self.examples)
         more = " ..." if self.total > len(self.examples) else ""
         return f"{self.path}: skipped {self.total} bad lines ({reasons}); lines: {where}{more}"
 

@@ -33,7 +33,8 @@ def test_bench_preprocess_runs(documents_jsonl, tokenizer_model, capsys, monkeyp
     tokens = sum(len(processor.encode(t)) for t in preprocess.read_texts(documents_jsonl))
     assert {t for t, _ in measured["time_preprocess"] + measured["time_raw"]} == {tokens}
     out = capsys.readouterr().out
-    assert f"preprocessing throughput (preprocess / raw tokens/s, median [min, max] of 2 rounds): {ratio:.4g} [" in out
+    assert (f"preprocessing throughput, SentencePieceTokenizer (preprocess / raw tokens/s, median [min, max] of 2 "
+            f"rounds): {ratio:.4g} [") in out
     assert f"({tokens} tokens, " in out
 
 
