@@ -32,6 +32,9 @@ setup(
         "data": ["mwparserfromhell"],
         # --tokenizer-type GPT2BPETokenizer / HuggingFaceTokenizer / TikTokenizer, .jsonl.zst and .parquet inputs
         "tokenizers": ["tokenizers>=0.20", "transformers>=4.45", "tiktoken>=0.7", "zstandard>=0.22", "pyarrow>=15"],
+        # tools/convert_checkpoint.py, tools/evaluate.py (transformers 5's tokenizer and config API)
+        "eval": ["transformers>=5.0", "safetensors>=0.4", "lm-eval>=0.4.13,<0.5", "datasets>=4",
+                 "accelerate>=1.0"],  # lm-eval's hf model imports it
         "tensorboard": ["tensorboard"],
     },
     entry_points={

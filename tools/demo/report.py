@@ -1,9 +1,12 @@
-"""The demo's report: plots and a markdown + JSON summary from two runs' metrics files.
+"""The demo's report: plots and a markdown + JSON summary from the runs' metrics files.
 
-Input: ``{strategy: metrics file}``, the files ``--metrics-file`` wrote (see docs/architecture.md,
-"The metrics file"), read with :func:`megatron_patch.logging_utils.read_metrics` into a *run*:
-``{"train": [...], "valid": [...], "group": [...]}`` records. Every number in the summary is read
-from those records or computed from them here (means, differences); nothing is estimated.
+Input: ``{strategy: metrics file or [one per seed]}``, the files ``--metrics-file`` wrote (see
+docs/architecture.md, "The metrics file"), read with
+:func:`megatron_patch.logging_utils.read_metrics` into a *run*: ``{"train": [...], "valid":
+[...], "group": [...]}`` records. The single-run summary is the first seed's; the loss and
+perplexity plots and, with several seeds, the means with their spreads and differences come from
+tools/compare_runs.py. Every number is read from the records or computed from them; nothing is
+estimated.
 """
 
 import math
@@ -14,6 +17,7 @@ import torch
 from megatron_patch.files import write_atomically, write_json_atomically
 from megatron_patch.logging_utils import read_metrics
 from reweighting import normalise_losses, sample_weights, strategy_score
+from tools import compare_runs
 
 REDUNDANT = "redundant"  # tools/build_corpus.py's opt-in domain of near and exact duplicates
 KINDS = ("train", "valid", "group")
@@ -32,16 +36,7 @@ def domain_names(manifest: dict) -> list:
 
 def weight_share_vs_data_share(train_records) -> dict:
     """Per domain: mean weight share and mean token share over the reweighting iterations."""
-    rows = [r for r in train_records if r.get("reweight r") is not None and "domains" in r]
-    out = {}
-    for r in rows:
-        for name, d in r["domains"].items():
-            entry = out.setdefault(name, {"weight_share": 0.0, "token_share": 0.0, "n": 0})
-            entry["weight_share"] += d.get("weight_share", 0.0)
-            entry["token_share"] += d.get("token_share", 0.0)
-            entry["n"] += 1
-    return {k: {"weight_share": v["weight_share"] / v["n"], "token_share": v["token_share"] / v["n"]}
-            for k, v in out.items() if v["n"]}
+    return compare_runs.weight_shares(train_records)
 
 
 def summarise(runs: dict) -> dict:
@@ -100,6 +95,9 @@ def _markdown(summary: dict) -> str:
                   f"x DP 2 (a group of {2 * recipe['micro']} samples), LinUpper r = {recipe['r']} after "
                   f"{recipe['warmup']} uniform warm-up iterations, seed {context['seed']}.",
                   "Wall time per run: " + ", ".join(f"{k} {v:.0f} s" for k, v in context["wall_s"].items()) + ".", ""]
+        if len(context.get("seeds", [])) > 1:
+            lines += [f"The tables below are seed {context['seed']}'s; the means over seeds "
+                      f"{', '.join(map(str, context['seeds']))} follow them.", ""]
     lines += [f"Tokens per run: {summary['tokens']:,}", "",
               "| run | final train lm loss | final mean validation loss |", "|---|---|---|"]
     for n in names:
@@ -126,27 +124,6 @@ def _markdown(summary: dict) -> str:
     if verdict:
         lines += ["", "What the numbers say:", "", *verdict]
     return "\n".join(lines) + "\n"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a CPU box
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_losses(plt, runs):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, run in runs.items():
-        t = run["train"]
-        axes[0].plot([r["tokens"] for r in t], [r["lm loss"] for r in t], label=name)
-        v = run["valid"]
-        axes[1].plot([r["tokens"] for r in v], [r["loss"] for r in v], marker="o", label=name)
-    for ax, title in zip(axes, ("training lm loss (unweighted)", "mean validation loss")):
-        ax.set_xlabel("tokens"), ax.set_title(title), ax.legend()
-    return fig
 
 
 def _plot_weight_stats(plt, train_records):
@@ -191,47 +168,41 @@ def _plot_group_weights(plt, groups, names):
     return fig
 
 
-def _plot_domain_ppl(plt, runs):
-    names = list(runs)
-    last = {n: runs[n]["valid"][-1]["domains"] for n in names}
-    domains = sorted(last[names[0]])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(names)
-    for i, n in enumerate(names):
-        ax.bar([j + i * width for j in range(len(domains))], [last[n][d]["ppl"] for d in domains], width, label=n)
-    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(domains))], domains)
-    ax.set_ylabel("final validation perplexity"), ax.legend()
-    return fig
-
-
-def _plots(runs: dict, names: list, out: str) -> list:
-    plt = _pyplot()
-    figures = {"loss.png": _plot_losses(plt, runs), "domain_perplexity.png": _plot_domain_ppl(plt, runs)}
+def _plots(runs: dict, seeds: dict, comparison: dict, names: list, out: str) -> list:
+    plt = compare_runs.pyplot()
+    figures = {"loss.png": compare_runs.plot_losses(plt, seeds),
+               "domain_perplexity.png": compare_runs.plot_domain_perplexity(plt, comparison)}
     if "linupper" in runs:
         figures["weights_over_time.png"] = _plot_weight_stats(plt, runs["linupper"]["train"])
         groups = [g for g in runs["linupper"]["group"] if g.get("r")]
         if groups:
             figures["weights_vs_loss.png"] = _plot_group_weights(plt, groups, names)
     for name, fig in figures.items():
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, name), dpi=100)
-        plt.close(fig)
+        compare_runs.save_figure(plt, fig, os.path.join(out, name))
     return list(figures)
 
 
 def write_report(metrics_files: dict, manifest: dict, out: str, context: dict = None) -> dict:
-    """Write plots, ``summary.md`` and ``summary.json`` to ``out`` from ``{strategy: metrics file}``;
-    return the summary.
+    """Write plots, ``summary.md`` and ``summary.json`` to ``out`` from ``{strategy: metrics file}``
+    (or ``{strategy: [metrics file of each seed]}``); return the summary.
 
     ``context`` (recipe, seed, wall times, machine, date, command) is copied into the summary.
+    The single-run numbers are the first seed's; ``comparison`` holds tools/compare_runs.py's
+    means and spreads over all seeds, and the markdown shows them when there are several.
     """
     os.makedirs(out, exist_ok=True)
-    runs = load_runs(metrics_files)
+    files = {name: [paths] if isinstance(paths, str) else list(paths) for name, paths in metrics_files.items()}
+    runs = load_runs({name: paths[0] for name, paths in files.items()})
+    seeds = {name: [compare_runs.load_seed(p) for p in paths] for name, paths in files.items()}
     summary = summarise(runs)
     summary["data_tokens"] = manifest.get("tokens")
     if context:
         summary["context"] = context
-    summary["plots"] = _plots(runs, domain_names(manifest), out)
+    comparison = compare_runs.summarise(seeds, "uniform" if "uniform" in seeds else next(iter(seeds)))
+    summary["comparison"] = comparison
+    summary["plots"] = _plots(runs, seeds, comparison, domain_names(manifest), out)
+    several = max(len(paths) for paths in files.values()) > 1
+    text = _markdown(summary) + ("\n" + compare_runs.markdown(comparison, level=2) if several else "")
     write_json_atomically(os.path.join(out, "summary.json"), summary, indent=1, allow_nan=False)
-    write_atomically(os.path.join(out, "summary.md"), _markdown(summary) + "\nPlots: " + ", ".join(summary["plots"]) + "\n")
+    write_atomically(os.path.join(out, "summary.md"), text + "\nPlots: " + ", ".join(summary["plots"]) + "\n")
     return summary

@@ -2,11 +2,14 @@
 
     make demo                  # ~8 minutes on 2 idle cores (15 at most)
     make demo ARGS=--quick     # ~2 minutes: committed fixture text, a few iterations
+    make demo ARGS="--seeds 3" # each run with seeds 1234, 1235, 1236: means and spreads (~3x as long)
 
 Builds (or reuses) the offline corpus with a redundant domain (near and exact duplicates),
 trains a tiny Llama twice from the same seed and data order (``uniform``, then ``linupper``
 after a uniform warm-up), each with 2 gloo processes through ``pretrain_llama.py`` so the real
-all-gather runs, and writes ``reports/demo/``: plots, ``summary.md`` and ``summary.json``.
+all-gather runs, and writes ``reports/demo/``: plots, ``summary.md`` and ``summary.json``
+(tools/demo/report.py, whose loss and perplexity plots and several-seed statistics are
+tools/compare_runs.py's).
 """
 
 if not __package__:  # run as a file: the repository root, not tools/demo/, goes first on sys.path
@@ -135,6 +138,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default=None,
                         help="corpus directory (default data/corpus_demo, or data/fixture with --quick)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train each run with this many seeds (--seed, --seed + 1, ...); the report gives means "
+                             "and spreads (default 1)")
     parser.add_argument("--iters", type=int, default=None, help="training iterations per run (default 250; 24 with --quick)")
     args = parser.parse_args(argv)
     recipe = dict(QUICK if args.quick else FULL)
@@ -150,26 +156,32 @@ def main(argv=None) -> None:
     log(f"{manifest['tokens']['train']:,} training tokens in {len(manifest['domains'])} domains; "
         f"each run reads {recipe['iters'] * 2 * recipe['micro'] * recipe['seq']:,}")
 
-    progress = Progress(recipe["iters"], len(STRATEGIES))
-    metrics_files, wall = {}, {}
-    for index, strategy in enumerate(STRATEGIES):
-        metrics = os.path.join(args.out, strategy, "metrics.jsonl")
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: must be at least 1")
+    seeds = [args.seed + i for i in range(args.seeds)]
+    runs = [(seed, strategy) for seed in seeds for strategy in STRATEGIES]
+    progress = Progress(recipe["iters"], len(runs))
+    metrics_files, wall = {strategy: [] for strategy in STRATEGIES}, {}
+    for index, (seed, strategy) in enumerate(runs):
+        name = strategy if len(seeds) == 1 else f"{strategy} seed {seed}"
+        metrics = os.path.join(args.out, strategy, *([] if len(seeds) == 1 else [f"seed_{seed}"]), "metrics.jsonl")
         os.makedirs(os.path.dirname(metrics), exist_ok=True)
         if os.path.exists(metrics):
             os.remove(metrics)  # the loop appends; a previous demo's records would mix in
-        log(f"training {strategy} ({recipe['iters']} iterations, 2 processes)")
+        log(f"training {name} ({recipe['iters']} iterations, 2 processes)")
         progress.start_run(index)
-        wall[strategy] = train(strategy, training_command(strategy, manifest, recipe, metrics, args.seed), progress)
-        metrics_files[strategy] = metrics
+        wall[name] = train(name, training_command(strategy, manifest, recipe, metrics, seed), progress)
+        metrics_files[strategy].append(metrics)
 
     from tools.demo.report import write_report
 
-    context = {"recipe": recipe, "seed": args.seed, "wall_s": {k: round(v, 1) for k, v in wall.items()},
+    context = {"recipe": recipe, "seed": args.seed, "seeds": seeds, "wall_s": {k: round(v, 1) for k, v in wall.items()},
                "machine": machine(), "date": datetime.date.today().isoformat(),
                "command": "python -m tools.demo.run " + " ".join(sys.argv[1:] if argv is None else argv)}
     summary = write_report(metrics_files, manifest, args.out, context)
-    for name, value in summary["final_valid_loss"].items():
-        log(f"final mean validation loss, {name}: {value:.4f}")
+    for name, stats in summary["comparison"]["labels"].items():
+        spread = f" ± {stats['final_valid_loss']['std']:.4f} over {len(seeds)} seeds" if len(seeds) > 1 else ""
+        log(f"final mean validation loss, {name}: {stats['final_valid_loss']['mean']:.4f}{spread}")
     log(f"done in {_minutes(time.time() - started)}; report: {os.path.join(args.out, 'summary.md')}")
 
 

@@ -139,3 +139,24 @@ def test_group_weights_are_the_library_weights():
     h = 2 * (losses - 1.0) / 4.0 - 1  # delta = 1
     s = torch.clamp(h + 1, max=1.0)  # LinUpper
     assert torch.allclose(sample_weights(losses, "linupper", 1.0, 1.0), torch.softmax(s / 1.0, 0))
+
+
+def test_several_seeds_add_means_spreads_and_differences(tmp_path, metrics_files):
+    """With two seeds a run: the single-run tables are the first seed's, then tools/compare_runs.py's means."""
+    import statistics
+
+    second = _write_metrics(tmp_path, {"uniform": _records("uniform", 3.2), "linupper": _records("linupper", 2.9)})
+    files = {name: [metrics_files[name], second[name]] for name in ("uniform", "linupper")}
+    context = {"recipe": dict(QUICK, warmup=2, eval=2), "seed": 7, "seeds": [7, 8], "machine": "test box",
+               "wall_s": {"uniform seed 7": 10.0}, "date": "2026-01-01", "command": "python -m tools.demo.run --seeds 2"}
+    summary = write_report(files, MANIFEST, str(tmp_path / "report"), context)
+    assert summary["final_train_loss"] == pytest.approx({"uniform": 3.0, "linupper": 2.5})  # the first seed's
+    labels = summary["comparison"]["labels"]
+    spread = statistics.stdev([2.5, 2.9])
+    assert labels["linupper"]["final_train_loss"] == pytest.approx({"mean": 2.7, "std": spread, "n": 2})
+    assert labels["uniform"]["final_valid_loss"] == pytest.approx({"mean": 2.5, "std": 0.0, "n": 2})
+    text = (tmp_path / "report" / "summary.md").read_text()
+    assert "The tables below are seed 7's; the means over seeds 7, 8 follow them." in text
+    assert f"| linupper | 2 | 400 | 2.7000 ± {spread:.4f} | 2.4500 ± 0.0000 | -0.0500 ± 0.0000 |" in text
+    assert sorted(summary["plots"]) == ["domain_perplexity.png", "loss.png", "weights_over_time.png",
+                                        "weights_vs_loss.png"]
