@@ -25,6 +25,8 @@ one :class:`ArgumentError` line naming the flag.
 import json
 import os
 
+import numpy as np
+
 from .errors import ArgumentError, one_line, require_module
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer", "TikTokenizer",
@@ -230,14 +232,19 @@ def null_tokenizer(vocab_size: int | None) -> Tokenizer:
     # megatron-core's NullTokenizer(n) has n ids plus EOD; ours keeps --vocab-size rows in all.
     core = _megatron(None, "null", vocab_size=vocab_size - 1)
 
-    def encode(text):
-        ids = core.tokenize(text)
-        if ids and not 0 <= min(ids) <= max(ids) < vocab_size:
+    def check(ids):
+        values = np.asarray(ids)
+        if values.size and not (values.min() >= 0 and values.max() < vocab_size):
             raise ValueError(f"an id outside [0, {vocab_size})")
         return ids
 
-    return Tokenizer("NullTokenizer", vocab_size=core.vocab_size, eod=core.eod, pad=None,
-                     files={}, encode=encode)
+    def encode_batch(texts, threads):
+        # megatron-core's text_to_ids is int() of each space-separated field; numpy parses them the
+        # same way (and refuses the same fields), about ten times faster.
+        return [check(np.array(text.split(" ")).astype(np.int64)) for text in texts]
+
+    return Tokenizer("NullTokenizer", vocab_size=core.vocab_size, eod=core.eod, pad=None, files={},
+                     encode=lambda text: check(core.tokenize(text)), encode_batch=encode_batch)
 
 
 def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, vocab_size: int | None = None, *,

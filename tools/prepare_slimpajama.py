@@ -79,12 +79,13 @@ def prefix_of(output_dir: str, domain: str, split: str) -> str:
     return os.path.join(os.path.abspath(output_dir), f"{domain}_{split}_text_document")
 
 
-def _encode(paths, output_dir, splits, select, settings, vocab_size, args) -> Dict[str, dict]:
+def _encode(paths, output_dir, splits, select, settings, tokenizer, args) -> Dict[str, dict]:
     """One pass over ``paths`` into the datasets of ``splits``; ``{"{domain}_{split}": counts}``."""
     outputs = {f"{d}_{s}": prefix_of(output_dir, d, s) for s in splits for d in SLIMPAJAMA_DOMAINS}
-    result = encode_corpus(paths, outputs, EncodeJob(settings, select, append_eod=True), vocab_size=vocab_size,
-                           columns=("text", "meta"), workers=args.workers, on_bad_line=args.on_bad_line,
-                           log_interval=args.log_interval, label="prepare_slimpajama")
+    result = encode_corpus(paths, outputs, EncodeJob(settings, select, append_eod=True),
+                           vocab_size=tokenizer.vocab_size, columns=("text", "meta"), workers=args.workers,
+                           on_bad_line=args.on_bad_line, log_interval=args.log_interval, label="prepare_slimpajama",
+                           tokenizer=tokenizer)
     if result.bad_lines.total:
         print(f"[prepare_slimpajama] {result.bad_lines.summary()}", file=sys.stderr)
     counts = {}
@@ -139,12 +140,12 @@ def prepare_slimpajama(args: argparse.Namespace) -> dict:
     tokenizer = build_tokenizer(**settings)
     if valid_paths:
         counts = _encode(train_paths, args.output_dir, ("train",), SelectDomain("train"), settings,
-                         tokenizer.vocab_size, args)
+                         tokenizer, args)
         counts |= _encode(valid_paths, args.output_dir, ("valid",), SelectDomain("valid"), settings,
-                          tokenizer.vocab_size, args)
+                          tokenizer, args)
     else:
         counts = _encode(train_paths, args.output_dir, SPLITS, SelectDomain(None, args.valid_fraction, args.seed),
-                         settings, tokenizer.vocab_size, args)
+                         settings, tokenizer, args)
     missing = [d for d in SLIMPAJAMA_DOMAINS if f"{d}_train" not in counts]
     if missing:
         print(f"[prepare_slimpajama] warning: no training document of {', '.join(missing)}; --domain-weights "

@@ -67,7 +67,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer: dict, *, js
     prefixes = {key: output_prefix_for(output_prefix, key) for key in json_keys}
     job = EncodeJob(tokenizer, SelectKeys(tuple(json_keys)), append_eod)
     result = encode_corpus(paths, prefixes, job, vocab_size=built.vocab_size, columns=json_keys, workers=workers,
-                           on_bad_line=on_bad_line, log_interval=log_interval)
+                           on_bad_line=on_bad_line, log_interval=log_interval, tokenizer=built)
     fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
     return PreprocessResult(**fields, prefixes=prefixes, vocab_size=built.vocab_size, eod=built.eod)
 

@@ -96,11 +96,11 @@ def bench(input_path: str, texts: list[str], settings: dict, workers: int, round
 
 
 def stand_in_settings(directory: str, texts: list[str], vocab_size: int) -> dict:
-    """Stand-ins of every type trained on (at most 8 MB of) ``texts``; NullTokenizer reads ids written as text."""
+    """Stand-ins of every type trained on (at most 8 MB of) the distinct ``texts``; NullTokenizer reads ids as text."""
     from tools.data.stand_in_tokenizers import write_tokenizer_files
 
     sample, size = [], 0
-    for text in texts:
+    for text in dict.fromkeys(texts):
         if size > 8e6:
             break
         sample.append(text)
@@ -124,7 +124,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--stand-ins", metavar="DIR", help="train stand-in files of every tokenizer type here and "
                                                       "measure each (instead of the tokenizer flags)")
-    p.add_argument("--stand-in-vocab", type=int, default=32000, help="vocabulary of the stand-ins")
+    p.add_argument("--stand-in-vocab", type=int, default=16000,
+                   help="vocabulary of the stand-ins (at most: a small text gives fewer pieces)")
     add_tokenizer_flags(p)
     p.epilog = f"default --tokenizer-model for SentencePieceTokenizer: {DEFAULT_TOKENIZER}"
     return p.parse_args(argv)

@@ -65,7 +65,8 @@ def _init_worker(job: EncodeJob, parallel: bool) -> None:
     if parallel:
         # One thread per worker process (the Rust tokenizers would start a pool per process).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker = (build_tokenizer(**job.tokenizer), job)
+    if _worker is None or _worker[1] is not job:  # a forked worker has the parent's tokenizer already
+        _worker = (build_tokenizer(**job.tokenizer), job)
 
 
 def _tokenize_all(tokenizer, texts: List[str]) -> List[object]:
@@ -94,18 +95,24 @@ def encode_task(task: Task) -> Tuple[Task, List[Encoded]]:
         # An empty text is counted, not written (None); the others are tokenised below.
         encoded.append((task.first + offset, reason, {name: None for name, text in (texts or {}).items() if not text}))
         picked += [(len(encoded) - 1, name, text) for name, text in (texts or {}).items() if text]
-    eod = [tokenizer.eod] if job.append_eod else []
+    eod = np.array([tokenizer.eod] if job.append_eod else [], dtype=np.int32)
     for (index, name, _), ids in zip(picked, _tokenize_all(tokenizer, [text for _, _, text in picked])):
         number, reason, outputs = encoded[index]
         if isinstance(ids, Exception):
             encoded[index] = (number, f"cannot be tokenized ({one_line(ids, 80)})", {})
         elif reason is None:
-            outputs[name] = np.asarray(list(ids) + eod, dtype=np.int32)
+            outputs[name] = np.concatenate([np.asarray(ids, dtype=np.int32), eod])
     return dataclasses.replace(task, items=[]), encoded
 
 
-def _encoded_tasks(tasks, job: EncodeJob, workers: int):
-    """The results of :func:`encode_task` over ``tasks``, in input order, with bounded memory."""
+def _encoded_tasks(tasks, job: EncodeJob, workers: int, tokenizer=None):
+    """The results of :func:`encode_task` over ``tasks``, in input order, with bounded memory.
+
+    ``tokenizer``, built from ``job.tokenizer`` already, serves this process and the forked workers
+    (loading a Hugging Face tokenizer takes seconds); without it, or under spawn, each builds its own.
+    """
+    global _worker
+    _worker = None if tokenizer is None else (tokenizer, job)
     if workers <= 1:
         _init_worker(job, parallel=False)
         yield from map(encode_task, tasks)
@@ -144,12 +151,12 @@ class Progress:
 
 def encode_corpus(paths: Sequence[str], outputs: Dict[str, str], job: EncodeJob, *, vocab_size: int,
                   columns: Sequence[str], workers: int = 1, on_bad_line: str = "fail", log_interval: float = 10.0,
-                  label: str = "preprocess_data") -> EncodeResult:
+                  label: str = "preprocess_data", tokenizer=None) -> EncodeResult:
     """Tokenise ``paths`` into one indexed dataset per output (``{name: prefix}``), atomically.
 
     Every output's ``.bin``/``.idx`` appear under their final names only when all are complete
     (each ``.idx`` last). Bad lines stop the run (``on_bad_line="fail"``, :class:`BadLineError`
-    naming ``file:line``) or are skipped and counted.
+    naming ``file:line``) or are skipped and counted. ``tokenizer``: ``job.tokenizer``'s, if built already.
     """
     dtype = DType.optimal_dtype(vocab_size)
     report = BadLineReport(paths[0] if len(paths) == 1 else f"{len(paths)} input files")
@@ -160,7 +167,7 @@ def encode_corpus(paths: Sequence[str], outputs: Dict[str, str], job: EncodeJob,
     with atomic_outputs(*final) as temporary:
         paths_of = dict(zip(final, temporary))
         builders = {name: IndexedDatasetBuilder(paths_of[outputs[name] + ".bin"], dtype=dtype) for name in outputs}
-        results = _encoded_tasks(read_tasks(paths, columns, BYTES_PER_TASK), job, workers)
+        results = _encoded_tasks(read_tasks(paths, columns, BYTES_PER_TASK), job, workers, tokenizer)
         try:
             with contextlib.closing(results):
                 for task, encoded in results:

@@ -60,7 +60,8 @@ def write_tokenizer_files(out_dir: str, texts, vocab_size: int = 700, sentencepi
         handle.write("\n".join(line for text in texts for line in text.split("\n") if line.strip()))
     sentencepiece.SentencePieceTrainer.train(input=lines, model_prefix=os.path.join(out_dir, "sp"),
                                              vocab_size=sentencepiece_vocab_size,
-                                             model_type="bpe", byte_fallback=True, minloglevel=2)
+                                             model_type="bpe", byte_fallback=True, minloglevel=2,
+                                             hard_vocab_limit=False)  # at most that many on a small text
     return {
         "SentencePieceTokenizer": {"tokenizer_type": "SentencePieceTokenizer",
                                    "tokenizer_model": os.path.join(out_dir, "sp.model")},
