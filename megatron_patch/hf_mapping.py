@@ -109,11 +109,14 @@ def shape_of_hf(config: dict, where: str) -> Shape:
                      rope_base=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
                      attention_dropout=float(config.get("attention_dropout") or 0.0))
     if kind == "gpt2":
-        for setting, wanted in (("activation_function", "gelu"), ("scale_attn_by_inverse_layer_idx", False),
-                                ("scale_attn_weights", True)):
-            if config.get(setting, wanted) != wanted:
-                hint = " (tanh-approximate GELU; our GPT layout uses the exact one)" if setting == "activation_function" else ""
-                raise ArgumentError(f"{where}: {setting} {config[setting]!r}{hint} has no counterpart here")
+        # (setting, what we need, transformers' default when config.json leaves it out)
+        for setting, wanted, default in (("activation_function", "gelu", "gelu_new"),
+                                         ("scale_attn_by_inverse_layer_idx", False, False),
+                                         ("scale_attn_weights", True, True)):
+            if config.get(setting, default) != wanted:
+                hint = " (tanh-approximate GELU; our GPT layout uses the exact one)" \
+                    if setting == "activation_function" else ""
+                raise ArgumentError(f"{where}: {setting} {config.get(setting, default)!r}{hint} has no counterpart here")
         hidden, heads = config["n_embd"], config["n_head"]
         return Shape(arch="gpt2", layers=config["n_layer"], hidden=hidden, heads=heads, groups=heads,
                      head_dim=hidden // heads, ffn=config.get("n_inner") or 4 * hidden, vocab=config["vocab_size"],

@@ -4,8 +4,9 @@ One writer per ``--tokenizer-type`` (megatron_patch/tokenizer.py); each builds a
 tokenizer offline from the run's own files and saves it beside the exported model:
 
 - ``SentencePieceTokenizer``: the ``.model``'s pieces and BPE merges as a fast tokenizer (byte
-  fallback, ``▁`` for spaces, the dummy prefix if the model adds one), plus the ``.model`` itself. No BOS or EOS is added, as the training data has none but the EOD
-  between documents: ``tokenizer(text)`` gives the ids training saw.
+  fallback, ``▁`` for spaces, the dummy prefix if the model adds one), plus the ``.model`` itself.
+  No BOS or EOS is added, as the training data has none but the EOD between documents:
+  ``tokenizer(text)`` gives the ids training saw.
 - ``GPT2BPETokenizer``: ``vocab.json`` + ``merges.txt`` as ``GPT2Tokenizer``.
 - ``HuggingFaceTokenizer``: the run's tokenizer directory (or ``tokenizer.json``) as it loads.
 
@@ -42,9 +43,11 @@ def _special_ids(tokenizer) -> dict:
 
 
 def _file(data: dict, key: str) -> str:
-    path = data.get(key)
-    if not path or not os.path.exists(path):
-        raise MissingFile(f"the run's --{key.replace('_', '-')} {path} is not there")
+    path, flag = data.get(key), f"--{key.replace('_', '-')}"
+    if not path:
+        raise MissingFile(f"the run has no {flag}")
+    if not os.path.exists(path):
+        raise MissingFile(f"the run's {flag} {path} is not there")
     return path
 
 
