@@ -36,7 +36,8 @@ from megatron_patch.files import write_atomically, write_json_atomically
 from megatron_patch.tokenizer import build_tokenizer, tokenizer_flags, tokenizer_settings
 from tools.data.corpus_files import expand_inputs
 from tools.data.encode_corpus import EncodeJob, encode_corpus
-from tools.preprocess_data import ToolParser, add_input_flags, run_tool
+from tools.cli import ToolParser, run_tool
+from tools.preprocess_data import add_input_flags
 
 # meta.redpajama_set_name -> the paper's domain name.
 SET_NAMES = {"RedPajamaArXiv": "arxiv", "RedPajamaBook": "book", "RedPajamaCommonCrawl": "cc", "RedPajamaC4": "c4",

@@ -26,8 +26,8 @@ import sys
 from typing import Dict, List, Sequence
 
 from megatron_patch.arguments import padded_vocab_size
-from megatron_patch.errors import ArgumentError
 from megatron_patch.tokenizer import add_tokenizer_flags, build_tokenizer, tokenizer_settings
+from tools.cli import ToolParser, run_tool
 from tools.data.corpus_files import expand_inputs
 from tools.data.encode_corpus import EncodeJob, EncodeResult, encode_corpus
 from tools.data.jsonl_documents import ON_BAD_LINE_CHOICES, select_texts
@@ -90,13 +90,6 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
     add_tokenizer_flags(parser)
 
 
-class ToolParser(argparse.ArgumentParser):
-    """argparse with its complaints as one-line errors (run_tool prints them)."""
-
-    def error(self, message):  # one `error:` line, as every other bad input
-        raise ArgumentError(message)
-
-
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = ToolParser(prog="preprocess_data.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-prefix", required=True,
@@ -115,15 +108,6 @@ def describe_tokenizer(args: argparse.Namespace, vocab_size: int, eod: int) -> s
             f"--make-vocab-size-divisible-by {args.make_vocab_size_divisible_by} at TP 1), EOD id {eod}")
 
 
-def run_tool(main_function, argv):
-    """``main_function(argv)``, with bad input as one ``error:`` line and exit status 2."""
-    try:
-        return main_function(sys.argv[1:] if argv is None else argv)
-    except ArgumentError as err:  # BadLineError too
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def _main(argv: List[str]) -> None:
     args = parse_args(argv)
     result = preprocess(args.input, args.output_prefix, {**tokenizer_settings(args), "vocab_size": args.vocab_size},
@@ -139,7 +123,7 @@ def _main(argv: List[str]) -> None:
 
 
 def main(argv: List[str] = None) -> None:
-    run_tool(_main, argv)
+    run_tool(_main, argv)  # bad input, a bad line (BadLineError) included: one `error:` line, exit status 2
 
 
 if __name__ == "__main__":
