@@ -183,3 +183,16 @@ def test_qkv_split_inverts_merge_and_keeps_groups_together():
     assert q[::3, 0].tolist() == [0, 1, 2, 10, 11, 12]  # query head h belongs to group h // 3
     assert k[::3, 0].tolist() == [3, 13] and v[::3, 0].tolist() == [4, 14]
     assert torch.equal(merge_qkv(q, k, v, shape), qkv)
+
+
+def test_an_export_imports_back_with_its_tokenizer(llama_tp2, tmp_path):
+    from safetensors.torch import load_file
+
+    record = import_hf(str(llama_tp2["hf"]), str(tmp_path / "ours"))
+    flags = record["model_flags"]
+    assert flags[flags.index("--tokenizer-model") + 1] == str(llama_tp2["hf"] / "tokenizer.model")
+    assert record["config"]["data"]["tokenizer_type"] == "SentencePieceTokenizer"
+    export(str(tmp_path / "ours"), str(tmp_path / "again"))
+    first, again = (load_file(str(d / "model.safetensors")) for d in (llama_tp2["hf"], tmp_path / "again"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert (tmp_path / "again" / "tokenizer.json").read_text() == (llama_tp2["hf"] / "tokenizer.json").read_text()
