@@ -186,9 +186,14 @@ def evaluate(model: str, *, tasks=PAPER_TASKS, num_fewshot: int = 5, out: str | 
     if not ours and not os.path.exists(os.path.join(model, "config.json")):
         raise ArgumentError(f"--model {model}: neither a checkpoint of ours ({MARKER}) nor a Hugging Face model "
                             "directory (config.json)")
+    out = out or (model if ours else None)
+    if out is None:
+        raise ArgumentError(f"--model {model}: a Hugging Face directory needs --out DIR for the results")
     manager = task_manager(list(tasks), include_path)
     check_cached(task_datasets(manager, list(tasks)))
-    with tempfile.TemporaryDirectory(prefix="evaluate-hf-") as scratch:
+    os.makedirs(out, exist_ok=True)
+    # The export of a checkpoint goes beside the results (as large as the model; /tmp may be small).
+    with tempfile.TemporaryDirectory(prefix=".evaluate-hf-", dir=out) as scratch:
         hf_dir, source = model, {}
         if ours:
             from tools.convert_checkpoint import export
@@ -209,9 +214,6 @@ def evaluate(model: str, *, tasks=PAPER_TASKS, num_fewshot: int = 5, out: str | 
               "num_fewshot": num_fewshot, "limit": limit, "device": device, "dtype": dtype,
               "scores": values, "stderr": errors, "samples": samples, "versions": _versions(),
               "seconds": round(time.perf_counter() - started, 1)}
-    out = out or (model if ours else None)
-    if out is None:
-        raise ArgumentError("--out is needed with a Hugging Face --model directory")
     write_json_atomically(os.path.join(out, "downstream.json"), record, indent=1)
     write_atomically(os.path.join(out, "downstream.md"), markdown(record))
     log(f"wrote {os.path.join(out, 'downstream.json')} and downstream.md ({record['seconds']:.0f} s)")

@@ -90,3 +90,12 @@ def test_defaults_are_the_papers_tasks_five_shot(monkeypatch):
     monkeypatch.setattr(evaluate, "evaluate", lambda model, **kwargs: seen.update(kwargs, model=model))
     evaluate.main(["--model", "runs/x"])
     assert seen["tasks"] == ["logiqa", "logiqa2", "sciq", "piqa"] and seen["num_fewshot"] == 5
+
+
+def test_an_hf_directory_needs_out_and_a_model_must_be_one(tmp_path, capsys):
+    from tests.helpers.cli import one_error_line
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert "needs --out DIR" in one_error_line(evaluate.main, ["--model", str(tmp_path / "hf")], capsys)
+    assert "neither a checkpoint of ours" in one_error_line(evaluate.main, ["--model", str(tmp_path)], capsys)
