@@ -42,6 +42,7 @@ class EncodeJob:
     tokenizer: dict  # build_tokenizer keyword arguments
     select: Select
     append_eod: bool = True
+    dtype: str = "int32"  # of the ids sent back: the dataset's (encode_corpus sets it), half the bytes of int32
 
 
 @dataclasses.dataclass
@@ -95,13 +96,13 @@ def encode_task(task: Task) -> Tuple[Task, List[Encoded]]:
         # An empty text is counted, not written (None); the others are tokenised below.
         encoded.append((task.first + offset, reason, {name: None for name, text in (texts or {}).items() if not text}))
         picked += [(len(encoded) - 1, name, text) for name, text in (texts or {}).items() if text]
-    eod = np.array([tokenizer.eod] if job.append_eod else [], dtype=np.int32)
+    eod = np.array([tokenizer.eod] if job.append_eod else [], dtype=job.dtype)
     for (index, name, _), ids in zip(picked, _tokenize_all(tokenizer, [text for _, _, text in picked])):
         number, reason, outputs = encoded[index]
         if isinstance(ids, Exception):
             encoded[index] = (number, f"cannot be tokenized ({one_line(ids, 80)})", {})
         elif reason is None:
-            outputs[name] = np.concatenate([np.asarray(ids, dtype=np.int32), eod])
+            outputs[name] = np.concatenate([np.asarray(ids, dtype=job.dtype), eod])  # ids < vocab: they fit
     return dataclasses.replace(task, items=[]), encoded
 
 
@@ -159,6 +160,7 @@ def encode_corpus(paths: Sequence[str], outputs: Dict[str, str], job: EncodeJob,
     naming ``file:line``) or are skipped and counted. ``tokenizer``: ``job.tokenizer``'s, if built already.
     """
     dtype = DType.optimal_dtype(vocab_size)
+    job = dataclasses.replace(job, dtype=np.dtype(dtype).name)
     report = BadLineReport(paths[0] if len(paths) == 1 else f"{len(paths)} input files")
     documents = {name: 0 for name in outputs}
     tokens, empty = dict(documents), dict(documents)
