@@ -44,6 +44,8 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "megatron.core.pipeline_parallel": {"get_forward_backward_func": ()},
     "megatron.core.utils": {"get_batch_on_this_cp_rank": ("batch",)},
+    "megatron.core.tokenizers": {"MegatronTokenizer": (),
+                                 "MegatronTokenizer.from_pretrained": ("tokenizer_path", "metadata_path")},
     "megatron.core.pipeline_parallel.schedules": {
         "forward_backward_no_pipelining": (
             "forward_step_func",

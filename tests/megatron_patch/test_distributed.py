@@ -36,7 +36,8 @@ def test_a_world_of_one_without_a_launcher(monkeypatch):
     import megatron_patch.distributed as dist
 
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so that what initialize_distributed sets is undone afterwards
+        monkeypatch.delenv(key)
     started = {}
     monkeypatch.setattr(dist.torch.distributed, "init_process_group", lambda backend, timeout: started.update(
         backend=backend, env={k: dist.os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}))
