@@ -86,6 +86,7 @@ class GroupWeights:
     losses: torch.Tensor  # [N]
     domain_ids: torch.Tensor | None  # [N] long
     scale: int = 1
+    stats: dict | None = None  # weight_stats of the group, when computed once for all its micro-batches
 
 
 def dp_sample_weights(

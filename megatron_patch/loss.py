@@ -151,6 +151,8 @@ class SampleLoss:
         group = dp_sample_weights(losses, strategy=self.config.strategy, r=self.config.r_at(self.iteration),
                                   delta=self.config.delta, dp_group=self.dp_group, domain_ids=ids)
         scale = len(self._collected)
+        # One group for the whole step: its statistics once, not once per micro-batch.
+        group.stats = weight_stats(group.weights, group.losses, group.domain_ids, self.num_domains)
         self._pending = [dataclasses.replace(group, local=chunk, scale=scale)
                          for chunk in group.local.split(self._collected[0][0].shape[0])]
         self._collected = []
@@ -328,7 +330,7 @@ def reweighted_loss(
     scale = torch.distributed.get_world_size(group=dp_group) * cp_size * group.scale
     loss = scale * num_tokens.clamp(min=1) * weighted
 
-    stats = weight_stats(group.weights, group.losses, group.domain_ids, num_domains)
+    stats = dict(group.stats or weight_stats(group.weights, group.losses, group.domain_ids, num_domains))
     stats.pop("num_nonfinite")  # reported per rank above, so that it sums to the step's count
     group_mass = stats.pop("group_mass", None)
     # Every entry below counts 1: one [k, 2] block, its rows the pairs (a few ops, not 4 per entry).
