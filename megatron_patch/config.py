@@ -223,6 +223,9 @@ class TrainingConfig(_Checked):
     optimizer: str = flag("adam", "Adam with decoupled weight decay", choices=("adam",))
     bf16: bool = flag(False, "bf16 parameters and compute, fp32 master weights")
     fp16: bool = flag(False, "fp16 parameters and compute with loss scaling")
+    trainer: str = flag("megatron-core", "the training loop: megatron-core (this project's loop on megatron-core "
+                                         "parts) or megatron-lm (Megatron-LM's own pretrain, megatron.training; "
+                                         "megatron-core >= 0.17)", choices=("megatron-core", "megatron-lm"))
     seed: int = flag(1234, "seed of python, numpy, torch (pipeline stage p uses seed + 100 p)", minimum=0)
     calculate_per_token_loss: bool = flag(False, "normalise by the step's tokens instead of per micro-batch")
     exit_interval: int | None = flag(None, "stop after an iteration divisible by this", minimum=1)

@@ -54,6 +54,7 @@ process that runs unrelated tests.
 """
 
 import contextlib
+import functools
 import time
 
 import torch
@@ -199,4 +200,27 @@ def apply_cpu_shims() -> bool:
     # forward, backward and DDP hooks on the thread that called the schedule.
     _CudaToCpuMode().__enter__()
     _APPLIED = True
+    return True
+
+
+def apply_megatron_lm_cpu_shims() -> bool:
+    """What Megatron-LM's own loop (``megatron.training``, ``--trainer megatron-lm``) needs on the CPU.
+
+    On top of :func:`apply_cpu_shims`; nothing when CUDA is present. Replaced, and why:
+
+    - ``initialize_megatron`` asserts CUDA unless called with ``allow_no_cuda=True``, which
+      ``pretrain`` never passes: it gets ``allow_no_cuda=True``.
+    - ``torch.cuda.set_device`` and ``get_device_properties``: argument validation reads the device
+      (SM count, name) for TP settings; the CPU has no device to set or describe: a no-op and a
+      stand-in with zero SMs.
+    """
+    if not apply_cpu_shims():
+        return False
+    from megatron.training import training as mlm_training
+
+    if not getattr(mlm_training.initialize_megatron, "_cpu_shim", False):
+        shimmed = functools.partial(mlm_training.initialize_megatron, allow_no_cuda=True)
+        shimmed._cpu_shim = True
+        mlm_training.initialize_megatron = shimmed
+    torch.cuda.set_device = lambda device: None
     return True

@@ -223,6 +223,13 @@ def tiktoken_tokenizer(model: str | None, vocab_size: int | None, pattern: str, 
                      encode=core.tokenize, encode_batch=encode_batch)
 
 
+def _null_library() -> str:
+    """megatron-core's name of its NullTokenizer library: ``null`` (0.16), ``null-text`` (0.19)."""
+    from megatron.core.tokenizers import megatron_tokenizer
+
+    return "null-text" if "null-text" in getattr(megatron_tokenizer, "TEXT_LIBRARIES", ()) else "null"
+
+
 def null_tokenizer(vocab_size: int | None) -> Tokenizer:
     """Ids as text (``"5 17 3"``): ``vocab_size`` ids, the last one EOD (megatron-core's, one id fewer)."""
     if vocab_size is None:
@@ -230,7 +237,7 @@ def null_tokenizer(vocab_size: int | None) -> Tokenizer:
     if vocab_size < 2:
         raise ArgumentError(f"--vocab-size {vocab_size}: NullTokenizer needs at least 2 ids (one is EOD)")
     # megatron-core's NullTokenizer(n) has n ids plus EOD; ours keeps --vocab-size rows in all.
-    core = _megatron(None, "null", vocab_size=vocab_size - 1)
+    core = _megatron(None, _null_library(), vocab_size=vocab_size - 1)
 
     def check(ids):
         values = np.asarray(ids)

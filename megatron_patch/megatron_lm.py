@@ -1,0 +1,190 @@
+"""``--trainer megatron-lm``: the same flags, model, data and reweighted loss in Megatron-LM's own loop.
+
+megatron-core 0.17 and later ship Megatron-LM's training loop as ``megatron.training``. This
+module hands it what our loop would build: the resolved configuration (presets and family
+defaults included) is written back as Megatron-LM's flags, which its own ``parse_and_validate_args``
+parses with the ``--reweight-*`` group as ``extra_args_provider``; its ``pretrain`` then runs with
+our model provider, our datasets (the blend, the per-domain validation sets) and our forward step,
+whose ``loss_func`` is the reweighted loss (:class:`megatron_patch.loss.SampleLoss`).
+
+What only our loop does is refused in one line, never dropped: the metrics file, the weight-health
+checks, ``--reweight-group global-batch`` (it needs a first pass over the step), ``--dry-run``,
+``--override-data-blend``. Megatron-LM logs the loss report itself (``lm loss``, ``weighted loss``,
+``reweight r``, ``ess``, ``max_weight``... on its iteration line).
+
+Process groups: we create them (:func:`megatron_patch.distributed.initialize_distributed`, as our
+loop does) and pass ``skip_model_parallel_init=True``; Megatron-LM keeps the existing
+``torch.distributed`` group. Its CPU shims are in :mod:`megatron_patch.cpu_compat`
+(:func:`~megatron_patch.cpu_compat.apply_megatron_lm_cpu_shims`).
+"""
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+
+from .arguments import SECTIONS
+from .config import RunConfig, flag_name
+from .errors import ArgumentError
+from .loss import SampleLoss, add_reweight_args
+
+# Our fields that are not Megatron-LM flags but are consumed before its loop starts (by our
+# datasets provider, our tokenizer, our presets): nothing is dropped by not passing them on.
+CONSUMED_HERE = {
+    "model": ("model", "family", "padded_vocab_size"),
+    "parallel": ("world_size", "data_parallel_size"),
+    "data": ("data_path", "valid_data_path", "split", "mock_data", "domain_weights", "data_cache_path",
+             "num_workers"),
+    "training": ("num_microbatches", "trainer"),
+}
+# Our flags whose job our loop does and Megatron-LM's does not: refused when given.
+ONLY_OUR_LOOP = {
+    "--metrics-file": "Megatron-LM logs to stdout, --tensorboard-dir or --wandb-project",
+    "--dry-run": "run it without --trainer megatron-lm",
+    "--override-data-blend": "our loop's check of the checkpoint's blend",
+    "--reweight-group": "global-batch needs our loop's first pass over the step",
+}
+
+
+def megatron_lm_available() -> bool:
+    try:
+        import megatron.training.training  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_supported(config: RunConfig, argv: list[str]) -> None:
+    """Refuse what cannot run in Megatron-LM's loop, naming the flags (one line)."""
+    if not megatron_lm_available():
+        from .version_guard import installed_version
+
+        raise ArgumentError(f"--trainer megatron-lm needs Megatron-LM's loop (megatron.training), which megatron-core "
+                            f">= 0.17 ships on Python >= 3.12; this is megatron-core {installed_version()}: "
+                            f"drop --trainer megatron-lm or install megatron-core 0.19")
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    refused = [f"{f} ({why})" for f, why in ONLY_OUR_LOOP.items()
+               if f in given and not (f == "--reweight-group" and config.reweight.group == "micro-batch")]
+    refused += [f"{f} (our loop's weight-health checks)" for f in sorted(given) if f.startswith("--weight-collapse-")]
+    if refused:
+        raise ArgumentError(f"--trainer megatron-lm: not in Megatron-LM's loop: {'; '.join(refused)}; drop them")
+    megatron_lm_argv(config)  # every other flag has a Megatron-LM spelling
+
+
+def _megatron_lm_parser() -> argparse.ArgumentParser:
+    from megatron.training.arguments import add_megatron_arguments
+
+    return add_reweight_args(add_megatron_arguments(argparse.ArgumentParser(allow_abbrev=False)))
+
+
+def use_shipped_dataset_helpers() -> None:
+    """Skip Megatron-LM's ``make`` of the dataset helpers when the wheel ships them compiled.
+
+    ``initialize_megatron`` compiles ``megatron/core/datasets/helpers.cpp`` with the Makefile of a
+    source checkout; the megatron-core wheel ships ``helpers_cpp`` compiled and no Makefile, so
+    the ``make`` fails (on any device) and the run exits.
+    """
+    from megatron.training import initialize
+
+    try:
+        import megatron.core.datasets.helpers_cpp  # noqa: F401
+    except ImportError:
+        return  # a source checkout: let Megatron-LM compile them
+    initialize._compile_dependencies = lambda: None
+
+
+def megatron_lm_argv(config: RunConfig) -> list[str]:
+    """The resolved configuration as Megatron-LM flags: every field that has one, by its spelling."""
+    actions = {option: a for a in _megatron_lm_parser()._actions for option in a.option_strings}
+    argv = []
+    for name, (cls, _) in SECTIONS.items():
+        section = getattr(config, name)
+        for field in dataclasses.fields(section):
+            if field.name in CONSUMED_HERE.get(name, ()) or "help" not in field.metadata:
+                continue
+            value, spelled = getattr(section, field.name), flag_name(cls, field)
+            if spelled not in actions:
+                if value != field.default:
+                    raise ArgumentError(f"--trainer megatron-lm: {spelled} is not a Megatron-LM flag; drop it")
+                continue
+            if value is None or value is False:
+                continue
+            if value is True:
+                argv.append(spelled)  # the same switch in both parsers (store_true or store_false)
+            elif isinstance(value, (list, tuple)):
+                argv += [spelled, *map(str, value)]
+            else:
+                argv += [spelled, str(value)]
+    return [*argv, "--distributed-backend", "nccl" if _cuda() else "gloo"]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pretrain(config: RunConfig, tokenizer, datasets_provider, model_provider, forward_step) -> None:
+    """Run Megatron-LM's ``pretrain`` with our model provider, datasets and forward step."""
+    from megatron.core.enums import ModelType
+    from megatron.training import get_args
+    from megatron.training import training as mlm_training
+    from megatron.training.argument_utils import pretrain_cfg_container_from_args
+    from megatron.training.arguments import parse_and_validate_args
+
+    from .cpu_compat import apply_megatron_lm_cpu_shims
+    from .distributed import initialize_distributed
+
+    initialize_distributed(config.parallel, seed=config.training.seed)
+    apply_megatron_lm_cpu_shims()
+    use_shipped_dataset_helpers()
+    argv = megatron_lm_argv(config)
+    data = None
+
+    def valid_sets():
+        return list(data.valid.values())
+
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], *argv]
+    if config.logging.eval_iters and len(_valid_names(config)) > 1:
+        sys.argv.append("--multiple-validation-sets")
+    try:
+        args = parse_and_validate_args(extra_args_provider=add_reweight_args)
+    finally:
+        sys.argv = saved_argv
+    cfg = pretrain_cfg_container_from_args(args)
+
+    def megatron_lm_model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
+                                   pg_collection=None):
+        return model_provider(run_config, pre_process=pre_process, post_process=post_process)
+
+    run_config = config
+
+    def megatron_lm_datasets_provider(train_val_test_num_samples, vp_stage=None):
+        nonlocal data
+        data = datasets_provider(run_config, tokenizer)
+        valid = valid_sets()
+        return data.train, (valid if len(valid) > 1 else (valid[0] if valid else None)), None
+
+    megatron_lm_datasets_provider.is_distributed = True  # every rank builds them, as in our loop
+
+    loss = None
+
+    def megatron_lm_forward_step(data_iterator, model, return_schedule_plan=False):
+        nonlocal loss
+        if loss is None:
+            from megatron.core import parallel_state as ps
+
+            loss = SampleLoss(run_config.reweight, ps.get_data_parallel_group(),
+                              num_domains=len(data.domains) if data else 0,
+                              cp_group=ps.get_context_parallel_group(), report_group=False)
+        loss.start_step(get_args().curr_iteration)
+        return forward_step(data_iterator, model, loss=loss)
+
+    mlm_training.pretrain(cfg, megatron_lm_datasets_provider, ModelType.encoder_or_decoder, megatron_lm_forward_step,
+                          model_provider=megatron_lm_model_provider, skip_model_parallel_init=True)
+
+
+def _valid_names(config: RunConfig) -> list:
+    return list(config.data.valid_data_path or [])
