@@ -1,11 +1,15 @@
-"""tools/train_tokenizer.py: deterministic vocabulary, the documented options, atomic output, errors."""
+"""tools/train_tokenizer.py: deterministic vocabulary, the documented options, every input format
+preprocess_data.py reads (through the same reader), atomic output, errors as one line."""
 
 import os
 
 import pytest
 import sentencepiece as spm
 
-from tools.train_tokenizer import main, train_tokenizer
+from megatron_patch.errors import ArgumentError
+from tests.tools.helpers import fixture_texts, write_corpus
+from tools.data.jsonl_documents import BadLineError
+from tools.train_tokenizer import main, train_tokenizer, training_lines
 
 
 def pieces(model_path):
@@ -32,11 +36,77 @@ def test_special_ids_byte_fallback_and_exact_round_trip(tokenizer_model):
 
 
 def test_vocab_too_large_names_the_flag(tmp_path, documents_jsonl):
-    with pytest.raises(RuntimeError, match="--vocab-size"):
+    with pytest.raises(ArgumentError, match="^--vocab-size 200000: SentencePiece training failed") as err:
         train_tokenizer([documents_jsonl], str(tmp_path / "big.model"), vocab_size=200_000, num_threads=1)
+    assert "change --vocab-size" in str(err.value) and "\n" not in str(err.value)
     assert not os.listdir(tmp_path)
 
 
 def test_output_name_must_end_in_model(tmp_path, documents_jsonl):
-    with pytest.raises(ValueError, match="--output-model"):
+    with pytest.raises(ArgumentError, match="--output-model"):
         train_tokenizer([documents_jsonl], str(tmp_path / "tok.bin"), vocab_size=512)
+
+
+# ---------------------------------------------------------------- the inputs preprocess_data.py reads
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst", ".parquet"])
+def test_every_format_trains_the_pieces_of_the_jsonl(tmp_path, suffix, tokenizer_model):
+    """The fixture documents as .jsonl.gz, .jsonl.zst or Parquet give the .jsonl's model piece for piece."""
+    path = write_corpus(tmp_path / f"docs{suffix}", [{"text": t, "id": i} for i, t in enumerate(fixture_texts())])
+    out = str(tmp_path / "tok.model")
+    main(["--input", path, "--output-model", out, "--vocab-size", "512", "--num-threads", "1"])
+    assert pieces(out) == pieces(tokenizer_model)
+
+
+def test_several_files_globs_and_directories_in_order(tmp_path, tokenizer_model):
+    """The documents split over a directory's .jsonl.zst and .parquet (read in path order), or over a
+    glob, train the model of the one .jsonl holding them in that order; other files are not read."""
+    records = [{"text": t} for t in fixture_texts()]
+    half = len(records) // 2
+    (tmp_path / "shards").mkdir()
+    write_corpus(tmp_path / "shards" / "a.jsonl.zst", records[:half])
+    write_corpus(tmp_path / "shards" / "b.parquet", records[half:])
+    (tmp_path / "shards" / "README.txt").write_text("not a corpus file")
+    for inputs in ([str(tmp_path / "shards")], [str(tmp_path / "shards" / "a.*"), str(tmp_path / "shards" / "*.parquet")]):
+        out = str(tmp_path / "tok.model")
+        train_tokenizer(inputs, out, vocab_size=512, num_threads=1)
+        assert pieces(out) == pieces(tokenizer_model), inputs
+
+
+def test_at_most_max_bytes_from_each_file(tmp_path):
+    texts = [f"line {i} of file a" for i in range(100)]
+    first = write_corpus(tmp_path / "a.jsonl", [{"text": "\n".join(texts)}, {"text": "never read"}])
+    second = write_corpus(tmp_path / "b.parquet", [{"text": "from b"}])
+    lines = list(training_lines([first, second], ("text",), max_bytes_per_input=30, on_bad_line="fail"))
+    assert lines == texts[:2] + ["from b"]  # the cap reached within a's first document, then b
+
+
+def test_a_bad_line_is_one_error_line_naming_file_and_line(tmp_path, capsys, tokenizer_model):
+    records = [{"text": t} for t in fixture_texts()]
+    path = write_corpus(tmp_path / "docs.jsonl.zst", records[:3] + [{"body": "x"}] + records[3:])
+    out, flags = str(tmp_path / "tok.model"), ["--vocab-size", "512", "--num-threads", "1"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--input", path, "--output-model", out, *flags])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and not os.path.exists(out)
+    assert err == (f"error: {path}:4: bad line (missing key 'text'); fix the file, or pass --on-bad-line skip "
+                   "to skip bad lines and report them")
+    with pytest.raises(BadLineError):  # the library raises it as it is, not as SentencePiece's RuntimeError
+        train_tokenizer([path], out, vocab_size=512, num_threads=1)
+    main(["--input", path, "--output-model", out, *flags, "--on-bad-line", "skip"])
+    assert f"skipped 1 bad lines (1 missing key 'text'); lines: {path}:4" in capsys.readouterr().err
+    assert pieces(out) == pieces(tokenizer_model)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: str(d / "missing.jsonl"), "error: --input {d}/missing.jsonl: no such file or directory"),
+    (lambda d: write_corpus(d / "c.parquet", [{"body": "x"}]), "error: --input {d}/c.parquet: has no column text"),
+    (lambda d: (d / "x.jsonl.zst").write_bytes(b"not zstd") and str(d / "x.jsonl.zst"),
+     "error: --input {d}/x.jsonl.zst: cannot be read as .jsonl.zst ("),
+])
+def test_an_input_that_is_not_what_its_name_says_is_one_error_line(tmp_path, capsys, make, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--input", make(tmp_path), "--output-model", str(tmp_path / "tok.model"), "--vocab-size", "100"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(expected.format(d=tmp_path)) and err.count("\n") == 1, err

@@ -4,17 +4,20 @@
 given (glob matches and directory contents sorted by path). :func:`read_tasks` streams them as
 :class:`Task` chunks of about ``bytes_per_task`` bytes: raw lines of JSONL (parsed by the workers)
 or row dicts of Parquet (``columns`` only, one row group at a time), so memory does not grow with
-the input. A file that is not what its name says is one :class:`ArgumentError` line.
+the input; :func:`iter_texts` parses them in this process (the readers that need no workers). A
+file that is not what its name says is one :class:`ArgumentError` line.
 """
 
 import dataclasses
+import functools
 import glob
 import gzip
 import io
 import os
-from typing import Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from megatron_patch.errors import ArgumentError, one_line, require_module
+from tools.data.jsonl_documents import BadLineReport, item_texts, select_texts
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 ROWS_PER_BATCH = 1024  # Parquet rows read at a time
@@ -122,6 +125,23 @@ def read_tasks(paths: Sequence[str], columns: Sequence[str], bytes_per_task: int
             raise ArgumentError(f"--input {path}: cannot be read as {_format(path)} ({one_line(err, 120)}); "
                                 "check the file (truncated or mis-named?)") from None
         offset += os.path.getsize(path)
+
+
+def iter_texts(paths: Sequence[str], keys: Sequence[str], report: BadLineReport, on_bad_line: str = "fail",
+               bytes_per_task: int = 1 << 20) -> Iterator[Tuple[str, int, Dict[str, str]]]:
+    """``(path, line or row number, {key: text})`` of each good line or row of ``paths``, in order.
+
+    Read as :func:`read_tasks` reads them (every format, streamed); bad lines go to ``report``
+    (:class:`~tools.data.jsonl_documents.BadLineError` on the first unless ``on_bad_line="skip"``).
+    """
+    select = functools.partial(select_texts, keys=keys)
+    for task in read_tasks(paths, keys, bytes_per_task):
+        for number, item in enumerate(task.items, start=task.first):
+            texts, reason = item_texts(item, select)
+            if reason is not None:
+                report.add(number, reason, on_bad_line, path=task.path)
+            elif texts is not None:
+                yield task.path, number, texts
 
 
 def total_bytes(paths: Sequence[str]) -> int:

@@ -25,7 +25,7 @@ from megatron_patch.errors import one_line
 from megatron_patch.files import atomic_outputs
 from megatron_patch.tokenizer import build_tokenizer
 from tools.data.corpus_files import Task, read_tasks, total_bytes
-from tools.data.jsonl_documents import BadLineReport, parse_record
+from tools.data.jsonl_documents import BadLineReport, item_texts
 
 BYTES_PER_TASK = 256 * 1024  # a worker task: consecutive lines up to this many bytes
 IN_FLIGHT_PER_WORKER = 4
@@ -89,10 +89,9 @@ def encode_task(task: Task) -> Tuple[Task, List[Encoded]]:
     tokenizer, job = _worker
     picked, encoded = [], []
     for offset, item in enumerate(task.items):
-        record, reason = parse_record(item) if isinstance(item, bytes) else (item, None)
-        if record is None and reason is None:
+        texts, reason = item_texts(item, job.select)
+        if texts is None and reason is None:
             continue  # a blank line
-        texts, reason = (None, reason) if reason else job.select(record)
         # An empty text is counted, not written (None); the others are tokenised below.
         encoded.append((task.first + offset, reason, {name: None for name, text in (texts or {}).items() if not text}))
         picked += [(len(encoded) - 1, name, text) for name, text in (texts or {}).items() if text]

@@ -1,4 +1,4 @@
-"""Read JSONL documents (one JSON object per line) and account for bad lines.
+"""Parse JSONL documents (one JSON object per line) and account for bad lines.
 
 A line is *bad* when it is not UTF-8, not a JSON object, or lacks one of the wanted keys (or its
 value is not a string). Blank lines are ignored. Line numbers are 1-based, as in an editor; a
@@ -8,7 +8,7 @@ Parquet row is numbered the same way.
 import dataclasses
 import json
 from collections import Counter
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from megatron_patch.errors import ArgumentError
 
@@ -54,17 +54,13 @@ def select_texts(record: dict, keys: Sequence[str]) -> Tuple[Optional[Dict[str, 
     return texts, None
 
 
-def parse_line(raw: bytes, keys: Sequence[str]) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
-    """Parse one raw JSONL line.
-
-    Returns:
-        ``(texts, None)`` with one string per key, ``(None, reason)`` for a bad line, or
-        ``(None, None)`` for a blank line.
-    """
-    record, reason = parse_record(raw)
+def item_texts(item, select: Callable[[dict], tuple]) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+    """One raw JSONL line (bytes) or Parquet row (dict) -> ``(texts, None)``, ``(None, reason)`` if bad,
+    ``(None, None)`` if blank; ``select`` picks the texts of a parsed record (see :func:`select_texts`)."""
+    record, reason = parse_record(item) if isinstance(item, bytes) else (item, None)
     if record is None:
         return None, reason
-    return select_texts(record, keys)
+    return select(record)
 
 
 @dataclasses.dataclass
@@ -97,16 +93,3 @@ class BadLineReport:
         where = ", ".join(f"{place} ({reason})" for place, reason in self.examples)
         more = " ..." if self.total > len(self.examples) else ""
         return f"{self.path}: skipped {self.total} bad lines ({reasons}); lines: {where}{more}"
-
-
-def iter_jsonl(
-    path: str, keys: Sequence[str], report: BadLineReport, on_bad_line: str = "fail"
-) -> Iterator[Tuple[int, Dict[str, str]]]:
-    """Yield ``(line_number, {key: text})`` for each good line of ``path``; bad lines go to ``report``."""
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            texts, reason = parse_line(raw, keys)
-            if reason is not None:
-                report.add(line_number, reason, on_bad_line)
-            elif texts is not None:
-                yield line_number, texts

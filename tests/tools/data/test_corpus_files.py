@@ -9,7 +9,8 @@ import pytest
 
 from megatron_patch.errors import ArgumentError
 from tests.tools.helpers import write_corpus
-from tools.data.corpus_files import expand_inputs, read_tasks
+from tools.data.corpus_files import expand_inputs, iter_texts, read_tasks
+from tools.data.jsonl_documents import BadLineError, BadLineReport
 
 RECORDS = [{"text": f"document {i} " + "word " * (i % 7), "meta": {"redpajama_set_name": "RedPajamaC4"}}
            for i in range(50)]
@@ -80,3 +81,17 @@ def test_a_parquet_file_without_the_column(tmp_path):
     path = write_corpus(tmp_path / "c.parquet", [{"body": "x"}])
     with pytest.raises(ArgumentError, match=r"has no column text \(its columns: body\); name the text column"):
         list(read_tasks([path], ("text",), 1 << 20))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet"])
+def test_iter_texts_parses_every_format_in_this_process(tmp_path, suffix):
+    """The in-process reader (tools/train_tokenizer.py's): each good line's texts with its place; a bad
+    line stops it naming file:line, or is skipped into the report."""
+    records = [{"text": "a", "n": 1}, {"text": None, "n": 2}, {"text": "c", "n": 3}]  # a null, as Parquet has
+    path = write_corpus(tmp_path / f"c{suffix}", records)
+    with pytest.raises(BadLineError, match=re.escape(f"{path}:2: bad line (value is not a string ('text'))")):
+        list(iter_texts([path], ("text",), BadLineReport(path)))
+    report = BadLineReport(path)
+    assert list(iter_texts([path], ("text",), report, "skip", bytes_per_task=8)) == [
+        (path, 1, {"text": "a"}), (path, 3, {"text": "c"})]
+    assert report.examples == [(f"{path}:2", "value is not a string ('text')")]
