@@ -5,7 +5,9 @@ experiment), with the committed corpus fixtures as package data; the data tools 
 scripts (``rw-preprocess-data`` ...), named like the ``tools/*.py`` files Megatron-LM users know.
 
 torch has a lower bound only, so the torch of a GPU container (NGC) is accepted as it is; the
-exact CPU versions the README uses are pinned in requirements-cpu.txt.
+exact CPU versions the README uses are pinned in requirements-cpu.txt. megatron-core has one
+tested release per Python (megatron_patch/version_guard.py's SUPPORTED_VERSIONS): 0.16.1 on
+Python 3.10-3.11, 0.19 on Python >= 3.12 (the Requires-Python of its wheels).
 """
 
 from setuptools import find_packages, setup
@@ -21,7 +23,8 @@ setup(
     py_modules=["pretrain_gpt", "pretrain_llama"],
     install_requires=[
         "torch>=2.4",
-        "megatron-core==0.16.1",
+        'megatron-core==0.16.1; python_version < "3.12"',
+        'megatron-core>=0.19,<0.20; python_version >= "3.12"',
         "sentencepiece>=0.2",
         "numpy",
         "psutil",  # megatron-core's dist_checkpointing (torch_dist format) needs it

@@ -1,17 +1,25 @@
-"""Start-up check that the installed megatron-core has every symbol and signature we rely on.
+"""Start-up check that the installed megatron-core is a tested release with every symbol and
+signature we rely on.
 
 The patch wraps megatron-core instead of forking it, so an upgrade can move or rename what we
 call. Checked before any process group exists, so a mismatch is one clear error on every rank,
 not a hang in a collective or a silent fallback. Extend ``REQUIRED`` when the patch starts to use
 a new megatron-core symbol (a test checks that every ``from megatron.core... import`` in the
-project is listed here).
+project is listed here); a group of symbols of another package (Megatron-LM's loop) gets a dict
+of its own, checked with ``check_megatron_core(that_dict)``.
 """
 
 import importlib
 import inspect
 import sys
 
-SUPPORTED_VERSIONS = ("0.16.1",)
+# The releases the test suite runs on (``make test`` tests both stacks), each with the Python that
+# setup.py installs it on; "0.19.*" is any 0.19 release (0.19.2 tested). Another release is
+# refused even when its symbols match: the loss contract and checkpoint format are behaviour,
+# which only the suite checks.
+SUPPORTED_VERSIONS = {"0.16.1": "Python 3.10-3.11", "0.19.*": "Python >= 3.12"}
+# The first Python of each range -> setup.py's megatron-core requirement there.
+INSTALL = {(3, 12): "megatron-core>=0.19,<0.20", (3, 10): "megatron-core==0.16.1"}
 
 # module -> {symbol: parameters its signature must have (empty: existence only)}; a dotted symbol
 # is an attribute of one (a method of a class).
@@ -45,7 +53,10 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
     "megatron.core.pipeline_parallel": {"get_forward_backward_func": ()},
     "megatron.core.utils": {"get_batch_on_this_cp_rank": ("batch",)},
     "megatron.core.tokenizers": {"MegatronTokenizer": (),
-                                 "MegatronTokenizer.from_pretrained": ("tokenizer_path", "metadata_path")},
+                                 "MegatronTokenizer.from_pretrained": ("tokenizer_path", "metadata_path"),
+                                 # NullTokenizer's library name ("null" in 0.16.1, "null-text" in 0.19).
+                                 "megatron_tokenizer": ()},
+    "megatron.core.enums": {"ModelType": ()},  # --trainer megatron-lm's pretrain(..., model_type, ...)
     "megatron.core.pipeline_parallel.schedules": {
         "forward_backward_no_pipelining": (
             "forward_step_func",
@@ -122,12 +133,34 @@ class MegatronVersionError(RuntimeError):
 
 
 def installed_version() -> str:
+    """megatron-core's release, e.g. ``0.19.2``; ``unknown`` when it cannot be imported.
+
+    Without the ``+<commit>`` that 0.19's ``__version__`` appends: the git commit of whatever
+    repository holds its site-packages (this project's, for a venv inside the checkout).
+    """
     try:
         from megatron.core import package_info
 
-        return package_info.__version__
+        return package_info.__version__.split("+")[0]
     except ImportError:
         return "unknown"
+
+
+def is_supported(version: str) -> bool:
+    """Whether ``version`` is one of :data:`SUPPORTED_VERSIONS` (``0.19.*`` takes any 0.19 release)."""
+    return any(version == v or (v.endswith(".*") and version.startswith(v[:-1])) for v in SUPPORTED_VERSIONS)
+
+
+def install_requirement(python: tuple[int, int] | None = None) -> str:
+    """setup.py's megatron-core requirement on ``python`` (default: this one)."""
+    python = python or sys.version_info[:2]
+    return next((req for first, req in sorted(INSTALL.items(), reverse=True) if python >= first), INSTALL[(3, 10)])
+
+
+def supported_text() -> str:
+    """``0.16.1 (Python 3.10-3.11), 0.19.x (Python >= 3.12) (pip install '...' on this Python)``."""
+    versions = ", ".join(f"{v.replace('*', 'x')} ({python})" for v, python in SUPPORTED_VERSIONS.items())
+    return f"{versions} (pip install '{install_requirement()}' on this Python)"
 
 
 def _missing_params(obj, params: tuple[str, ...]) -> list[str]:
@@ -163,14 +196,18 @@ def find_mismatches(required: dict[str, dict[str, tuple[str, ...]]] = REQUIRED) 
 
 
 def check_megatron_core(required: dict[str, dict[str, tuple[str, ...]]] = REQUIRED) -> None:
-    """Raise :class:`MegatronVersionError` naming the first mismatches and the supported versions."""
+    """Raise :class:`MegatronVersionError` for an untested release, else naming the first missing
+    symbols; either message names the supported versions and what to install."""
+    version = installed_version()
+    if version != "unknown" and not is_supported(version):  # unknown: the module check below names why
+        raise MegatronVersionError(f"megatron-core {version} is not a tested release. Supported megatron-core "
+                                   f"versions: {supported_text()}.")
     problems = find_mismatches(required)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise MegatronVersionError(
-            f"megatron-core {installed_version()} lacks what this project relies on: {shown}. "
-            f"Supported megatron-core versions: {', '.join(SUPPORTED_VERSIONS)} "
-            f"(pip install megatron-core=={SUPPORTED_VERSIONS[-1]})."
+            f"megatron-core {version} lacks what this project relies on: {shown}. "
+            f"Supported megatron-core versions: {supported_text()}."
         )
 
 
