@@ -209,9 +209,13 @@ def pyplot():
     return plt
 
 
-def _curve(seeds: list, kind: str, key: str):
-    """tokens, mean, std of ``key`` over the seeds, at the token counts every seed logged."""
-    tables = [{r["tokens"]: r[key] for r in getattr(s, kind) if r.get(key) is not None} for s in seeds]
+def curve(seeds: list, kind: str, key):
+    """tokens, mean, std of ``key`` over the seeds, at the token counts every seed logged.
+
+    ``key`` is a record's key, or a function of the record that returns its value or None.
+    """
+    value = key if callable(key) else (lambda record: record.get(key))
+    tables = [{r["tokens"]: value(r) for r in getattr(s, kind) if value(r) is not None} for s in seeds]
     tokens = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
     stats = [mean_spread([t[x] for t in tables]) for x in tokens]
     return tokens, [s["mean"] for s in stats], [s["std"] or 0.0 for s in stats]
@@ -222,7 +226,7 @@ def plot_losses(plt, runs: dict):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, seeds in runs.items():
         for ax, kind, key, marker in ((axes[0], "train", "lm loss", None), (axes[1], "valid", "loss", "o")):
-            tokens, mean, std = _curve(seeds, kind, key)
+            tokens, mean, std = curve(seeds, kind, key)
             line, = ax.plot(tokens, mean, marker=marker, label=f"{label} (n={len(seeds)})")
             if len(seeds) > 1:
                 ax.fill_between(tokens, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],

@@ -60,7 +60,12 @@ def prepare(out: str, quick: bool) -> dict:
 
 def training_command(strategy: str, manifest: dict, recipe: dict, metrics: str, seed: int) -> list:
     """``torchrun --nproc_per_node 2 pretrain_llama.py ...`` for one run of the recipe (on a free port)."""
-    return torchrun_command([
+    return torchrun_command(training_target(strategy, manifest, recipe, metrics, seed), nproc=2)
+
+
+def training_target(strategy: str, manifest: dict, recipe: dict, metrics: str, seed: int) -> list:
+    """``pretrain_llama.py`` and its flags for one run of the recipe (what torchrun starts on each process)."""
+    return [
         os.path.join(ROOT, "pretrain_llama.py"), "--model", "tiny",
         "--seq-length", str(recipe["seq"]), "--max-position-embeddings", str(recipe["seq"]),
         "--data-path", *manifest["train_data_path"].split(),
@@ -72,7 +77,7 @@ def training_command(strategy: str, manifest: dict, recipe: dict, metrics: str, 
         "--log-interval", str(recipe["log"]), "--eval-interval", str(recipe["eval"]),
         "--eval-iters", str(recipe["eval_iters"]), "--seed", str(seed),
         "--reweight-strategy", strategy, "--reweight-r", str(recipe["r"]),
-        "--reweight-warmup-iters", str(recipe["warmup"]), "--metrics-file", metrics], nproc=2)
+        "--reweight-warmup-iters", str(recipe["warmup"]), "--metrics-file", metrics]
 
 
 class Progress:
