@@ -11,8 +11,8 @@ from tests.tools.helpers import TOOLS, run_python
 
 SCRIPTS = ["preprocess_data", "train_tokenizer", "build_corpus", "prepare_data", "prepare_slimpajama",
            "data/make_fixtures", "bench/overhead", "bench/loop", "bench/preprocess", "bench/preprocess_memory",
-           "bench/throughput", "bench/group", "demo/run", "experiments/toy_regression", "convert_checkpoint", "evaluate",
-           "compare_runs"]
+           "bench/throughput", "bench/group", "demo/run", "experiments/toy_regression", "experiments/redundancy",
+           "convert_checkpoint", "evaluate", "compare_runs"]
 
 
 def test_the_scripts_are_all_listed():
