@@ -157,6 +157,9 @@ def _main(argv: list) -> None:
         if value is not None:
             grid[key] = tuple(value) if isinstance(value, list) else value
     _check_grid(grid)
+    out = os.path.abspath(args.out)  # the runs write their metrics files from the repository root
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ArgumentError(f"--out {args.out}: exists and is not a directory")
     # Warm-up over the first fifth (the demo's); validation `evals` times, the last at the end.
     recipe = dict(grid, warmup=grid["iters"] // 5, eval=-(-grid["iters"] // grid["evals"]))
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
@@ -171,7 +174,7 @@ def _main(argv: list) -> None:
     runs = grid_runs(grid)
     for index, run in enumerate(runs):
         run_manifest = dict(manifest, train_data_path=blend_for_share(ordinary, stream["prefix"], run["share"] / 100))
-        run["metrics"] = metrics_path(args.out, run)
+        run["metrics"] = metrics_path(out, run)
         run["wall_s"] = round(train(run, run_manifest, recipe, run["metrics"]), 1)
         done = sum(r["wall_s"] for r in runs[:index + 1])
         left = done / (index + 1) * (len(runs) - index - 1)
@@ -184,10 +187,10 @@ def _main(argv: list) -> None:
                "redundant_stream": stream, "ordinary_blend": ordinary, "machine": machine(),
                "date": datetime.date.today().isoformat(), "wall_s": round(time.time() - started, 1),
                "command": "python tools/experiments/redundancy.py " + " ".join(argv)}
-    summary = write_report(runs, args.out, context)
+    summary = write_report(runs, out, context)
     for line in summary["verdict"]:
         log(line)
-    log(f"done in {context['wall_s'] / 60:.1f} min; report: {os.path.join(args.out, 'summary.md')}")
+    log(f"done in {context['wall_s'] / 60:.1f} min; report: {os.path.join(out, 'summary.md')}")
 
 
 def main(argv=None) -> None:

@@ -120,7 +120,7 @@ def _markdown(summary: dict) -> str:
             rows.append([f"{share}%", label, _fmt(labels[BASELINE]["final_valid_loss"]),
                          _fmt(labels[label]["final_valid_loss"]), _diff(d["final_valid_loss"]),
                          _diff({"diff": paired["mean"], "se": paired["std"]})])
-    lines += _table(["share", "run", "uniform", "run", "run - uniform", "paired"], rows)
+    lines += _table(["share", "LinUpper", "uniform loss", "LinUpper loss", "LinUpper - uniform", "paired"], rows)
     lines += ["", "## The redundant stream: weight share against token share", "",
               "Means over the iterations that reweighted, then over seeds.", ""]
     rows = []

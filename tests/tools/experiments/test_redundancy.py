@@ -42,6 +42,7 @@ def test_the_grid_interleaves_strategies_within_a_seed():
     (["--shares", "half"], "error: argument --shares: invalid float value: 'half'"),
     (["--r", "0"], "error: --r 0: the temperature must be above 0"),
     (["--iters", "3"], "error: --iters 3: at least 5"),
+    (["--out", __file__], f"error: --out {__file__}: exists and is not a directory"),
 ])
 def test_bad_input_is_one_error_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
