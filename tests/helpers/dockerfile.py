@@ -16,19 +16,58 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 # What the NGC PyTorch base brings and the Dockerfile therefore does not pip-install (not
-# checkable without the image; see the module docstring).
-BASE_IMAGE_PROVIDES = {"torch", "numpy", "packaging"}
+# checkable without the image; see tests/scripts/test_dockerfile.py's docstring): torch, numpy,
+# packaging, and what torch itself requires (the base's torch imports, so they are there). The
+# Dockerfile pins typing-extensions anyway: pydantic needs a newer one than torch.
+BASE_IMAGE_PROVIDES = {"torch", "numpy", "packaging", "filelock", "fsspec", "jinja2", "networkx", "sympy",
+                       "setuptools"}
+# The Python of the NGC PyTorch bases (Ubuntu 24.04's; 25.11 and 26.06 alike), for the markers of
+# requirements-cpu.txt, setup.py and the pinned packages' own requirements.
+IMAGE_PYTHON = "3.12"
+IMAGE_MARKERS = {"python_version": IMAGE_PYTHON, "python_full_version": IMAGE_PYTHON + ".3", "sys_platform": "linux",
+                 "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+                 "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}
+# The image's two stacks: the megatron-core each installs -> the build arguments that select it
+# (none: the default), and the Python of the CPU stack (make test) that tests that megatron-core.
+STACKS = {
+    "0.19.2": {"build_args": {}, "tested_on": "3.12"},
+    "0.16.1": {"build_args": {"BASE_IMAGE": "nvcr.io/nvidia/pytorch:25.11-py3", "MEGATRON_CORE": "0.16.1"},
+               "tested_on": "3.11"},
+}
 
 
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+def _joined_lines() -> list[str]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def build_args(overrides: dict | None = None) -> dict:
+    """The value of every ``ARG`` (its default, or ``overrides``' as ``--build-arg`` gives it)."""
+    values = {}
+    for line in _joined_lines():
+        op, _, rest = line.partition(" ")
+        if op.upper() == "ARG":
+            name, _, default = rest.strip().partition("=")
+            values.setdefault(name, default)
+    unknown = set(overrides or {}) - set(values)
+    assert not unknown, f"no ARG {unknown} in the Dockerfile"
+    return {**values, **(overrides or {})}
+
+
+def expand(text: str, args: dict) -> str:
+    """``${NAME}`` and ``$NAME`` of a build argument replaced by its value (as Docker and the RUN shell do)."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+def instructions(overrides: dict | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined, comments dropped and the build
+    arguments (defaults, or ``overrides``) expanded, except in the ``ARG`` lines themselves."""
+    args = build_args(overrides)
     out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            op, _, rest = line.partition(" ")
-            out.append((op.upper(), rest.strip()))
+    for line in _joined_lines():
+        op, _, rest = line.partition(" ")
+        op = op.upper()
+        out.append((op, rest.strip() if op == "ARG" else expand(rest.strip(), args)))
     return out
 
 
@@ -37,20 +76,31 @@ def arguments(rest: str) -> list[str]:
     return json.loads(rest) if rest.startswith("[") else shlex.split(rest)
 
 
-def run_commands() -> list[str]:
+def run_commands(overrides: dict | None = None) -> list[str]:
     """The commands of all RUN lines, split at ``&&``, in order."""
-    return [part.strip() for op, rest in instructions() if op == "RUN" for part in rest.split("&&")]
+    return [part.strip() for op, rest in instructions(overrides) if op == "RUN" for part in rest.split("&&")]
 
 
-def pip_installs() -> list[list[str]]:
+def command_words(command: str) -> tuple[dict, list[str]]:
+    """A shell command's leading ``NAME=value`` assignments (its environment) and its other words."""
+    words = shlex.split(command)
+    env = {}
+    while words and re.fullmatch(r"\w+=.*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    return env, words
+
+
+def pip_installs(overrides: dict | None = None) -> list[list[str]]:
     """The words after ``pip install`` of each install command."""
-    return [shlex.split(cmd)[2:] for cmd in run_commands() if shlex.split(cmd)[:2] == ["pip", "install"]]
+    words = [command_words(cmd)[1] for cmd in run_commands(overrides)]
+    return [w[2:] for w in words if w[:2] == ["pip", "install"]]
 
 
-def pinned_by_pip() -> dict[str, str]:
+def pinned_by_pip(overrides: dict | None = None) -> dict[str, str]:
     """``{name: version}`` of every ``name==version`` the RUN lines pip-install."""
     pins = {}
-    for words in pip_installs():
+    for words in pip_installs(overrides):
         for word in words:
             if not word.startswith("-") and word != ".":
                 req = Requirement(word)
@@ -60,13 +110,15 @@ def pinned_by_pip() -> dict[str, str]:
     return pins
 
 
-def requirement_pins(text: str) -> dict[str, str]:
+def requirement_pins(text: str, python: str = IMAGE_PYTHON) -> dict[str, str]:
+    """``{name: version}`` of a requirements file's ``==`` pins whose markers hold on ``python``."""
     pins = {}
     for line in text.splitlines():
         line = line.split("#")[0].strip()
         if line:
             req = Requirement(line)
-            pins.update({canonicalize_name(req.name): s.version for s in req.specifier if s.operator == "=="})
+            if req.marker is None or req.marker.evaluate({**IMAGE_MARKERS, "python_version": python}):
+                pins.update({canonicalize_name(req.name): s.version for s in req.specifier if s.operator == "=="})
     return pins
 
 

@@ -1,21 +1,29 @@
 """The Dockerfile, checked without Docker.
 
 There is no Docker daemon on our machines or in CI, so the image is never built here: nothing
-below proves that ``docker build`` succeeds, that the NGC base tag still exists, or that the base
-image ships what the Dockerfile expects of it (torch, numpy, packaging: ``BASE_IMAGE_PROVIDES``,
-because every ``pip install`` runs with ``--no-deps``). What is checked is everything that does not
-need the base image:
+below proves that ``docker build`` succeeds, that the NGC base tags still exist, or that a base
+image ships what the Dockerfile expects of it (torch and what it requires, numpy, packaging:
+``BASE_IMAGE_PROVIDES``, because every ``pip install`` runs with ``--no-deps``; Python 3.12), nor
+that its Transformer Engine is the one the Dockerfile's comment names. What is checked is
+everything that does not need the base image, for both stacks the build arguments select
+(``STACKS``: megatron-core 0.19.2 on NGC 26.06 by default, ``MEGATRON_CORE=0.16.1`` with
+``BASE_IMAGE=...25.11-py3``):
 
-- the base is an NGC PyTorch image pinned by a dated tag, given as ``ARG BASE_IMAGE``;
-- every ``pip install`` pin equals requirements-cpu.txt's (and setup.py's megatron-core pin), and
-  every requirement of setup.py and of the pinned packages is installed or comes with the base;
+- the base is an NGC PyTorch image pinned by a dated tag, given as ``ARG BASE_IMAGE``; the only
+  build arguments are the base and the megatron-core version, and the header shows the 0.16.1 build;
+- every ``pip install`` pin equals requirements-cpu.txt's (megatron-core's: that of the CPU stack
+  which tests it) and meets setup.py's requirements; every requirement of setup.py and of the
+  pinned packages is installed at a version it accepts, or comes with the base; nothing is
+  pinned that nothing needs;
 - every ``COPY`` source exists and is not excluded by .dockerignore;
-- the build is replayed on this machine: the ``COPY`` lines copy the build context (the working
-  tree minus .dockerignore, with Docker's pattern rules) into a temporary image tree, ``pip
-  install .`` runs there (into a target folder, not this environment), and the ``python`` checks
-  of the ``RUN`` lines and the ``CMD`` run in the copied ``WORKDIR`` with this environment's
-  Python (its pinned packages are the image's versions: checked first). So the copy holds every
-  package, module and data file setup.py installs and every first-party module they import;
+- the build is replayed on this machine, in the CPU stack with the image's megatron-core (``make
+  test`` runs both stacks; the other image is skipped, saying so): the ``COPY`` lines copy the
+  build context (the working tree minus .dockerignore, with Docker's pattern rules) into a
+  temporary image tree, ``pip install .`` runs there (into a target folder, not this
+  environment), and the ``python`` checks of the ``RUN`` lines and the ``CMD`` run in the copied
+  ``WORKDIR`` with this environment's Python (its pinned packages are the image's versions:
+  checked first). So the copy holds every package, module and data file setup.py installs and
+  every first-party module they import;
 - no secrets, and a small build context.
 """
 
@@ -33,12 +41,14 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from megatron_patch.version_guard import is_supported
 from tests.helpers.dockerfile import (  # noqa: F401 - the Dockerfile's readers
-    BASE_IMAGE_PROVIDES, DOCKERFILE, REPO, DockerIgnore, arguments, instructions, pinned_by_pip, pip_installs,
-    requirement_pins, setup_kwargs,
+    BASE_IMAGE_PROVIDES, DOCKERFILE, IMAGE_MARKERS, IMAGE_PYTHON, REPO, STACKS, DockerIgnore, arguments, build_args,
+    command_words, instructions, pinned_by_pip, pip_installs, requirement_pins, setup_kwargs,
 )
 
 IGNORE = DockerIgnore((REPO / ".dockerignore").read_text())
+REQUIREMENTS = (REPO / "requirements-cpu.txt").read_text()
 
 
 def test_dockerignore_follows_dockers_rules():
@@ -50,63 +60,99 @@ def test_dockerignore_follows_dockers_rules():
     assert rules.excluded("logs/run.txt") and not rules.excluded("logs/keep.txt")
 
 
-# ---------------------------------------------------------------- the Dockerfile's text
+# ---------------------------------------------------------------- the Dockerfile's text, both stacks
 
 
-def base_image() -> str:
-    args = {}
-    for op, rest in instructions():
-        if op == "ARG" and "=" in rest:
-            k, v = rest.split("=", 1)
-            args[k.strip()] = v.strip()
-        if op == "FROM":
-            return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), rest.split()[0])
-    raise AssertionError("no FROM")
+def base_image(overrides: dict | None = None) -> str:
+    return next(rest.split()[0] for op, rest in instructions(overrides) if op == "FROM")
 
 
-def test_base_is_ngc_pytorch_pinned_by_tag():
+def installed_megatron_core() -> str:
+    return metadata.version("megatron-core").split("+")[0]
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_base_is_ngc_pytorch_pinned_by_tag(stack):
     ops = instructions()
-    assert ops[0][0] == "ARG" and ops[0][1].startswith("BASE_IMAGE=") and ops[1] == ("FROM", "${BASE_IMAGE}")
-    image = base_image()
+    assert ops[0][0] == "ARG" and ops[0][1].startswith("BASE_IMAGE=") and ops[1][0] == "FROM"
+    assert re.search(r"(?m)^FROM \$\{BASE_IMAGE\}$", DOCKERFILE.read_text())
+    image = base_image(STACKS[stack]["build_args"])
     m = re.fullmatch(r"nvcr\.io/nvidia/pytorch:(\d{2})\.(\d{2})-py3", image)
     assert m, image  # a dated NGC tag, never latest or an unpinned name
     assert 1 <= int(m.group(2)) <= 12
     assert sum(op == "FROM" for op, _ in ops) == 1
 
 
-def test_pins_match_requirements_and_setup():
-    pins = pinned_by_pip()
-    cpu = requirement_pins((REPO / "requirements-cpu.txt").read_text())
-    assert pins and all(cpu.get(name) == version for name, version in pins.items()), (pins, cpu)
-    setup = setup_kwargs()
-    for line in setup["install_requires"]:
+def test_the_build_arguments_select_the_two_stacks():
+    """The default builds megatron-core 0.19.2 on NGC 26.06; the base and the megatron-core version
+    are the only build arguments, megatron-core's pin is the argument's, and the header says how to
+    build the 0.16.1 image."""
+    assert build_args() == {"BASE_IMAGE": "nvcr.io/nvidia/pytorch:26.06-py3", "MEGATRON_CORE": "0.19.2"}
+    assert STACKS[build_args()["MEGATRON_CORE"]]["build_args"] == {}
+    header = " ".join(line.lstrip("# ").rstrip("\\ ") for line in DOCKERFILE.read_text().splitlines()
+                      if line.startswith("#"))
+    for stack, spec in STACKS.items():
+        assert pinned_by_pip(spec["build_args"])["megatron-core"] == stack
+        assert is_supported(stack), f"megatron_patch/version_guard.py does not support megatron-core {stack}"
+        flags = " ".join(f"--build-arg {name}={value}" for name, value in spec["build_args"].items())
+        assert flags in header, f"the Dockerfile's header does not show the build of the {stack} image: {flags}"
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_pins_match_requirements_and_setup(stack):
+    """Each pin is requirements-cpu.txt's for the Python of the CPU stack that tests this
+    megatron-core (the image's Python is 3.12 for both); setup.py's requirements there are met."""
+    pins, python = pinned_by_pip(STACKS[stack]["build_args"]), STACKS[stack]["tested_on"]
+    cpu = requirement_pins(REQUIREMENTS, python)
+    assert pins["megatron-core"] == cpu["megatron-core"] == stack
+    assert pins and all(cpu[name] == version for name, version in pins.items() if name in cpu), (pins, cpu)
+    for line in setup_kwargs()["install_requires"]:
         req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({**IMAGE_MARKERS, "python_version": python}):
+            continue
         name = canonicalize_name(req.name)
         # --no-deps: whatever the package needs is pip-installed here, pinned, or comes with the base
         assert name in pins or name in BASE_IMAGE_PROVIDES, f"setup.py needs {line}, the image never installs it"
         if name in pins:
             assert req.specifier.contains(pins[name]), (line, pins[name])
-            exact = [s.version for s in req.specifier if s.operator == "=="]
-            assert exact in ([], [pins[name]]), (line, pins[name])
-    assert "megatron-core==" + pins["megatron-core"] in setup["install_requires"]
     # every --no-deps install: the image's torch must stay as NGC built it
-    installs = pip_installs()
+    installs = pip_installs(STACKS[stack]["build_args"])
     assert installs and all("--no-deps" in words for words in installs), installs
     assert not BASE_IMAGE_PROVIDES & set(pins), pins
     assert sum("." in words for words in installs) == 1, "the project itself is pip-installed once"
 
 
-def test_requirements_of_the_pinned_packages_are_in_the_image():
-    """--no-deps skips each pinned package's own requirements (read from this environment, which has
-    the same versions): each must be pinned here too or come with the base."""
-    pins = pinned_by_pip()
-    for name, version in pins.items():
-        assert metadata.version(name) == version, f"this environment has {name} {metadata.version(name)}"
-        for line in metadata.requires(name) or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                needed = canonicalize_name(req.name)
-                assert needed in pins or needed in BASE_IMAGE_PROVIDES, f"{name} needs {line}"
+def _requirements(name: str) -> list[Requirement]:
+    """The requirements of the installed ``name`` that hold in the image (Python 3.12 on Linux, no extras)."""
+    reqs = [Requirement(line) for line in metadata.requires(name) or []]
+    return [r for r in reqs if r.marker is None or r.marker.evaluate(IMAGE_MARKERS)]
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_requirements_of_the_pinned_packages_are_in_the_image(stack):
+    """--no-deps skips each pinned package's own requirements (read from this environment): each
+    must be pinned too, at a version it accepts, or come with the base; and every pin is needed by
+    the project's pins (requirements-cpu.txt) or by what they need."""
+    if installed_megatron_core() != stack:
+        pytest.skip(f"read in the megatron-core {stack} stack (make test); this one has {installed_megatron_core()}")
+    pins = pinned_by_pip(STACKS[stack]["build_args"])
+    direct = {name for name in pins if name in requirement_pins(REQUIREMENTS, STACKS[stack]["tested_on"])}
+    for name in direct:
+        assert metadata.version(name).split("+")[0] == pins[name], f"this environment has {name} {metadata.version(name)}"
+    needed, todo = set(direct), sorted(direct)
+    while todo:
+        name = todo.pop()
+        if metadata.version(name).split("+")[0] != pins[name]:
+            continue  # another version here (pip resolved a newer one since): its requirements are not read
+        for req in _requirements(name):
+            dep = canonicalize_name(req.name)
+            assert dep in pins or dep in BASE_IMAGE_PROVIDES, f"{name} needs {req}, the image never installs it"
+            if dep in pins:
+                assert req.specifier.contains(pins[dep], prereleases=True), f"{name} needs {req}, the image has {pins[dep]}"
+                if dep not in needed:
+                    needed.add(dep)
+                    todo.append(dep)
+    assert needed == set(pins), f"pinned but needed by nothing: {sorted(set(pins) - needed)}"
 
 
 def test_copy_sources_exist_and_reach_the_build():
@@ -126,14 +172,14 @@ def test_copy_sources_exist_and_reach_the_build():
 
 def test_no_secrets_and_a_small_context():
     text = DOCKERFILE.read_text()
-    assert not re.search(r"(?i)(api[_-]?key|token|password|secret|NGC_API|WANDB_API)\s*[=:]", text)
-    assert not re.search(r"(?i)--build-arg|ARG\s+\w*(TOKEN|KEY|PASS)", text)
+    assert not re.search(r"(?i)\b(api[_-]?key|token|password|secret|NGC_API|WANDB_API)\s*[=:]", text)  # not tiktoken==
+    assert set(build_args()) == {"BASE_IMAGE", "MEGATRON_CORE"}  # no build argument carries a credential
     ignore = (REPO / ".dockerignore").read_text().split()
-    for entry in (".git", ".venv", "data", "runs", "tests", "**/*.key", "**/.netrc", "**/.env"):
+    for entry in (".git", ".venv*", "data", "runs", "tests", "**/*.key", "**/.netrc", "**/.env"):
         assert entry in ignore, entry
     context = IGNORE.files(REPO)
     assert not [f for f in context if re.search(r"(^|/)(\.env|\.netrc|[^/]*\.(key|pem))$", f)]
-    assert not [f for f in context if f.startswith(("tests/", ".git/", ".venv/")) or "__pycache__" in f]
+    assert not [f for f in context if f.startswith(("tests/", ".git/", ".venv")) or "__pycache__" in f]
     size = sum((REPO / f).stat().st_size for f in context)
     assert size < 20 * 2**20, f"build context of {size / 2**20:.1f} MiB"
 
@@ -165,18 +211,24 @@ def _env_pairs(rest: str) -> dict:
     return dict(word.split("=", 1) for word in words)
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    """The Dockerfile replayed on this machine, in order: ENV, WORKDIR, COPY into a temporary image
-    tree; ``pip install .`` into ``site`` (not this environment); each other RUN command with this
-    environment's ``python`` first on PATH, in the WORKDIR. Returns the tree and every command's result.
+@pytest.fixture(scope="module", params=list(STACKS))
+def image(request, tmp_path_factory):
+    """The Dockerfile of one stack replayed on this machine, in order: ENV, WORKDIR, COPY into a
+    temporary image tree; ``pip install .`` into ``site`` (not this environment); each other RUN
+    command with this environment's ``python`` first on PATH, in the WORKDIR. Returns the tree and
+    every command's result. Only in the CPU stack with the image's megatron-core (skipped elsewhere).
     """
+    stack = request.param
+    if installed_megatron_core() != stack:
+        pytest.skip(f"the megatron-core {stack} image is replayed in the stack that has it (make test); "
+                    f"this one has {installed_megatron_core()}")
+    overrides = STACKS[stack]["build_args"]
     root = tmp_path_factory.mktemp("image")
     site = root / "site-packages"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     workdir, results = root, []
-    for op, rest in instructions():
+    for op, rest in instructions(overrides):
         if op == "ENV":
             env.update(_env_pairs(rest))
         elif op == "WORKDIR":
@@ -186,15 +238,16 @@ def image(tmp_path_factory):
             _copy(arguments(rest), workdir)
         elif op == "RUN":
             for command in [part.strip() for part in rest.split("&&")]:
-                words = shlex.split(command)
+                assignments, words = command_words(command)
                 if words[:2] == ["pip", "install"] and "." not in words:
                     continue  # the pinned dependencies: this environment has them (checked above)
                 if words[:2] == ["pip", "install"]:
                     command = shlex.join([sys.executable, "-m", "pip", "install", "--no-index", "--quiet",
                                           "--target", str(site), *words[2:]])
-                results.append((command, subprocess.run(["bash", "-c", command], cwd=workdir, env=env,
-                                                        capture_output=True, text=True, timeout=300)))
-    cmd = next(arguments(rest) for op, rest in instructions() if op == "CMD")
+                results.append((command, subprocess.run(["bash", "-c", command], cwd=workdir,
+                                                        env={**env, **assignments}, capture_output=True,
+                                                        text=True, timeout=300)))
+    cmd = next(arguments(rest) for op, rest in instructions(overrides) if op == "CMD")
     return {"root": root, "workdir": workdir, "site": site, "env": env, "results": results, "cmd": cmd}
 
 
@@ -202,6 +255,7 @@ def test_every_run_command_succeeds_on_the_copied_tree(image):
     commands = [command for command, _ in image["results"]]
     assert any("--target" in c for c in commands) and any("pretrain_llama.py --help" in c for c in commands)
     assert any("check_megatron_core" in c for c in commands) and any("helpers_cpp" in c for c in commands)
+    assert any("AutoTokenizer" in c for c in commands)  # the tokenizer libraries import without their --no-deps'd needs
     for command, result in image["results"]:
         assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     # the emulation is honest only if the copy, not this checkout, is what those commands imported
