@@ -113,7 +113,7 @@ def _read_common(root: str, path: str) -> dict:
     return common
 
 
-def _give_optimizer_state(optimizer) -> None:
+def give_optimizer_state(optimizer) -> None:
     """Give a fresh distributed optimizer the state a checkpoint is loaded into.
 
     Its ``sharded_state_dict`` reads Adam's ``step`` from the state of torch's Adam (what it uses
@@ -130,7 +130,7 @@ def _give_optimizer_state(optimizer) -> None:
             sub._init_optimizer_states_with_dummy_values()
 
 
-def _restore_adam_steps(optimizer) -> None:
+def restore_adam_steps(optimizer) -> None:
     """Give every parameter its own, loaded Adam ``step`` after a distributed optimizer's load.
 
     Without Apex or Transformer Engine, megatron-core 0.16.1's distributed optimizer keeps the
@@ -154,7 +154,7 @@ def _restore_adam_steps(optimizer) -> None:
 
 def _sharded_state(model, optimizer, is_loading: bool) -> dict:
     if is_loading:
-        _give_optimizer_state(optimizer)
+        give_optimizer_state(optimizer)
     model_sd = model.module.sharded_state_dict()
     # dp_reshardable: the sharding type torch_dist accepts for the distributed optimizer.
     opt_sd = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
@@ -222,7 +222,7 @@ def load_checkpoint(root: str, model, optimizer, *, load_optim: bool = True, loa
         model.module.load_state_dict(loaded["model"])
         if load_optim:
             optimizer.load_state_dict(loaded["optimizer"])
-            _restore_adam_steps(optimizer)
+            restore_adam_steps(optimizer)
         else:  # bf16/fp16: the fp32 main weights were copied from the initial weights; take the loaded ones
             optimizer.reload_model_params()
     _check_finite(model, path)

@@ -210,6 +210,12 @@ def apply_megatron_lm_cpu_shims() -> bool:
 
     - ``initialize_megatron`` asserts CUDA unless called with ``allow_no_cuda=True``, which
       ``pretrain`` never passes: it gets ``allow_no_cuda=True``.
+    - ``build_pretraining_data_loader``: the DataLoader draws its base seed from the global torch
+      generator when its iterator starts. On a GPU dropout draws from the CUDA generator, so that
+      draw is harmless; on the CPU dropout draws from the same global generator, and a resumed
+      run (whose generator was restored from the checkpoint, then moved by the draw) used other
+      dropout masks than the uninterrupted run. Each loader gets a private generator instead
+      (our loop's ``batch_iterator`` does the same).
     - ``torch.cuda.set_device`` and ``get_device_properties``: argument validation reads the device
       (SM count, name) for TP settings; the CPU has no device to set or describe: a no-op and a
       stand-in with zero SMs.
@@ -222,5 +228,16 @@ def apply_megatron_lm_cpu_shims() -> bool:
         shimmed = functools.partial(mlm_training.initialize_megatron, allow_no_cuda=True)
         shimmed._cpu_shim = True
         mlm_training.initialize_megatron = shimmed
+    if not getattr(mlm_training.build_pretraining_data_loader, "_cpu_shim", False):
+        build = mlm_training.build_pretraining_data_loader
+
+        def build_pretraining_data_loader(*args, **kwargs):
+            loader = build(*args, **kwargs)
+            if loader is not None:
+                loader.generator = torch.Generator()
+            return loader
+
+        build_pretraining_data_loader._cpu_shim = True
+        mlm_training.build_pretraining_data_loader = build_pretraining_data_loader
     torch.cuda.set_device = lambda device: None
     return True

@@ -21,21 +21,22 @@ loop does) and pass ``skip_model_parallel_init=True``; Megatron-LM keeps the exi
 import argparse
 import dataclasses
 import functools
-import os
 import sys
 
+import torch
+
+from . import checkpointing
 from .arguments import SECTIONS
-from .config import RunConfig, flag_name
+from .config import RunConfig, build_section, flag_name
 from .errors import ArgumentError
-from .loss import SampleLoss, add_reweight_args
+from .loss import ReweightConfig, SampleLoss, add_reweight_args, check_reweighting_supported
 
 # Our fields that are not Megatron-LM flags but are consumed before its loop starts (by our
 # datasets provider, our tokenizer, our presets): nothing is dropped by not passing them on.
 CONSUMED_HERE = {
     "model": ("model", "family", "padded_vocab_size"),
     "parallel": ("world_size", "data_parallel_size"),
-    "data": ("data_path", "valid_data_path", "split", "mock_data", "domain_weights", "data_cache_path",
-             "num_workers"),
+    "data": ("data_path", "valid_data_path", "split", "mock_data", "domain_weights", "data_cache_path"),
     "training": ("num_microbatches", "trainer"),
 }
 # Our flags whose job our loop does and Megatron-LM's does not: refused when given.
@@ -72,6 +73,25 @@ def check_supported(config: RunConfig, argv: list[str]) -> None:
     megatron_lm_argv(config)  # every other flag has a Megatron-LM spelling
 
 
+def check_load_dir(load: str | None, save: str | None) -> None:
+    """Refuse a ``--load`` that Megatron-LM's loop cannot resume: nothing there, or our loop's checkpoint."""
+    if not load:
+        return
+    iteration = checkpointing.read_marker(load)
+    if iteration is None:
+        checkpointing.check_load_dir(load, save)  # the same "no checkpoint there" rule as our loop
+        return
+    try:
+        from megatron.core import dist_checkpointing
+
+        common = dist_checkpointing.load_common_state_dict(checkpointing.checkpoint_dir(load, iteration))
+    except Exception:  # noqa: BLE001 - not readable here: Megatron-LM's own loader says why
+        return
+    if isinstance(common, dict) and common.get("format") == checkpointing.FORMAT_TAG:
+        raise ArgumentError(f"--load {load}: a checkpoint of --trainer megatron-core (this project's loop), whose "
+                            "layout Megatron-LM's loop does not read; resume it without --trainer megatron-lm")
+
+
 def _megatron_lm_parser() -> argparse.ArgumentParser:
     from megatron.training.arguments import add_megatron_arguments
 
@@ -92,6 +112,38 @@ def use_shipped_dataset_helpers() -> None:
     except ImportError:
         return  # a source checkout: let Megatron-LM compile them
     initialize._compile_dependencies = lambda: None
+
+
+def repair_distributed_optimizer_load() -> None:
+    """Load the distributed optimizer without Apex/Transformer Engine the way our checkpoints do.
+
+    Megatron-LM's ``load_checkpoint`` meets three defects there. In fp32 the distributed
+    optimizer's main parameters are views of the weights, and it copies the loaded values into
+    them with autograd on (torch refuses in-place writes to a leaf that requires grad): the load
+    runs under ``no_grad``, as ours does. And the two :mod:`megatron_patch.checkpointing`
+    repairs for our loop (torch's Adam has no state before its first step, so building the
+    sharded state dict to load into fails; after the load, every parameter's Adam ``step`` is not
+    its own). The same two repairs run around Megatron-LM's load; with Apex or Transformer Engine
+    (their Adam keeps the step in the groups) both are no-ops.
+    """
+    from megatron.training import training as mlm_training
+
+    load = mlm_training.load_checkpoint
+    if getattr(load, "_repaired", False):
+        return
+
+    @functools.wraps(load)
+    def load_checkpoint(ddp_model, optimizer, opt_param_scheduler, *args, **kwargs):
+        if optimizer is not None:
+            checkpointing.give_optimizer_state(optimizer)
+        with torch.no_grad():  # fp32: the distributed optimizer's main params are views of the weights
+            loaded = load(ddp_model, optimizer, opt_param_scheduler, *args, **kwargs)
+        if optimizer is not None:
+            checkpointing.restore_adam_steps(optimizer)
+        return loaded
+
+    load_checkpoint._repaired = True
+    mlm_training.load_checkpoint = load_checkpoint
 
 
 def megatron_lm_argv(config: RunConfig) -> list[str]:
@@ -125,6 +177,26 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@functools.cache
+def sample_loss(num_domains: int = 0) -> SampleLoss:
+    """The run's loss boundary inside Megatron-LM's loop, built once from its parsed arguments.
+
+    The one piece a Megatron-LM checkout needs (docs/upstream.md): its forward step returns
+    ``sample_loss().loss_func(loss_mask)`` after ``sample_loss().start_step(args.curr_iteration)``.
+    Built on first use, after Megatron-LM has created the process groups; the ``--reweight-*``
+    flags come from ``add_reweight_args`` as ``extra_args_provider``.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.training import get_args
+
+    args = get_args()
+    config = build_section(ReweightConfig, args)
+    check_reweighting_supported(config, calculate_per_token_loss=args.calculate_per_token_loss)
+    # report_group=False: Megatron-LM's loop sums every report entry as a [sum, count] pair.
+    return SampleLoss(config, ps.get_data_parallel_group(), num_domains=num_domains,
+                      cp_group=ps.get_context_parallel_group(), report_group=False)
+
+
 def pretrain(config: RunConfig, tokenizer, datasets_provider, model_provider, forward_step) -> None:
     """Run Megatron-LM's ``pretrain`` with our model provider, datasets and forward step."""
     from megatron.core.enums import ModelType
@@ -136,55 +208,37 @@ def pretrain(config: RunConfig, tokenizer, datasets_provider, model_provider, fo
     from .cpu_compat import apply_megatron_lm_cpu_shims
     from .distributed import initialize_distributed
 
-    initialize_distributed(config.parallel, seed=config.training.seed)
+    resolved = config
+    initialize_distributed(config.parallel, seed=config.training.seed)  # the groups Megatron-LM keeps
     apply_megatron_lm_cpu_shims()
     use_shipped_dataset_helpers()
-    argv = megatron_lm_argv(config)
-    data = None
-
-    def valid_sets():
-        return list(data.valid.values())
-
-    saved_argv = sys.argv
-    sys.argv = [saved_argv[0], *argv]
-    if config.logging.eval_iters and len(_valid_names(config)) > 1:
-        sys.argv.append("--multiple-validation-sets")
+    repair_distributed_optimizer_load()
+    data = datasets_provider(config, tokenizer)  # on every rank, as in our loop
+    valid = list(data.valid.values())
+    argv = megatron_lm_argv(config) + (["--multiple-validation-sets"] if len(valid) > 1 else [])
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]
     try:
         args = parse_and_validate_args(extra_args_provider=add_reweight_args)
     finally:
-        sys.argv = saved_argv
-    cfg = pretrain_cfg_container_from_args(args)
+        sys.argv = saved
+
+    def megatron_lm_datasets_provider(train_val_test_num_samples, vp_stage=None):
+        return data.train, (valid if len(valid) > 1 else (valid[0] if valid else None)), None
+
+    megatron_lm_datasets_provider.is_distributed = True  # built on every rank, not only TP rank 0
 
     def megatron_lm_model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
                                    pg_collection=None):
-        return model_provider(run_config, pre_process=pre_process, post_process=post_process)
-
-    run_config = config
-
-    def megatron_lm_datasets_provider(train_val_test_num_samples, vp_stage=None):
-        nonlocal data
-        data = datasets_provider(run_config, tokenizer)
-        valid = valid_sets()
-        return data.train, (valid if len(valid) > 1 else (valid[0] if valid else None)), None
-
-    megatron_lm_datasets_provider.is_distributed = True  # every rank builds them, as in our loop
-
-    loss = None
+        # Megatron-LM's TransformerConfig (config=) is built from the same flags; ours is the one used.
+        return model_provider(resolved, pre_process=pre_process, post_process=post_process)
 
     def megatron_lm_forward_step(data_iterator, model, return_schedule_plan=False):
-        nonlocal loss
-        if loss is None:
-            from megatron.core import parallel_state as ps
-
-            loss = SampleLoss(run_config.reweight, ps.get_data_parallel_group(),
-                              num_domains=len(data.domains) if data else 0,
-                              cp_group=ps.get_context_parallel_group(), report_group=False)
+        loss = sample_loss(len(data.domains))
         loss.start_step(get_args().curr_iteration)
         return forward_step(data_iterator, model, loss=loss)
 
-    mlm_training.pretrain(cfg, megatron_lm_datasets_provider, ModelType.encoder_or_decoder, megatron_lm_forward_step,
-                          model_provider=megatron_lm_model_provider, skip_model_parallel_init=True)
+    mlm_training.pretrain(pretrain_cfg_container_from_args(args), megatron_lm_datasets_provider,
+                          ModelType.encoder_or_decoder, megatron_lm_forward_step, model_provider=megatron_lm_model_provider,
+                          skip_model_parallel_init=True)
 
 
-def _valid_names(config: RunConfig) -> list:
-    return list(config.data.valid_data_path or [])

@@ -58,6 +58,14 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
             from . import megatron_lm
 
             megatron_lm.check_supported(config, argv)
+            check_data_args(config.data)
+            megatron_lm.check_load_dir(config.checkpoint.load, config.checkpoint.save)
+    except ArgumentError as err:
+        refuse(err, rank=int(os.environ.get("RANK", 0)))
+    if config.training.trainer == "megatron-lm":
+        megatron_lm.pretrain(config, tokenizer, datasets_provider, model_provider, forward_step)
+        return
+    try:
         if config.logging.dry_run:
             report = dry_run_report(config)  # first: a setting it refuses is the only output
             print(json.dumps(config.as_dict(), indent=1, sort_keys=True, default=str))
@@ -69,9 +77,6 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
             checkpointing.check_load_dir(config.checkpoint.load, config.checkpoint.save)
     except ArgumentError as err:
         refuse(err, rank=int(os.environ.get("RANK", 0)))  # every process finds it: one copy of the line
-    if config.training.trainer == "megatron-lm":
-        megatron_lm.pretrain(config, tokenizer, datasets_provider, model_provider, forward_step)
-        return
     initialize_distributed(config.parallel, seed=config.training.seed)
     for flag in no_effect_flags_given(argv, config):
         print_rank0(f"note: {flag} has no effect here (see docs/flags.md)")

@@ -102,6 +102,8 @@ rw_defaults() {
     : "${ADAM_EPS:=}"                       # empty: the entry point's default
     : "${SEED:=2023}"
 
+    : "${TRAINER:=megatron-core}"           # megatron-core (our loop) | megatron-lm (Megatron-LM's pretrain, megatron-core >= 0.17)
+
     # Reweighting (Sow et al.): STRATEGY=uniform is the plain baseline.
     : "${STRATEGY:=uniform}"                # uniform | linupper | quadratic | extremes
     : "${REWEIGHT_R:=1.0}"
@@ -194,6 +196,7 @@ rw_build_train_args() {
         --exit-signal-handler
     )
     [[ -n $ADAM_EPS ]] && RW_TRAIN_ARGS+=(--adam-eps "$ADAM_EPS")
+    [[ $TRAINER != megatron-core ]] && RW_TRAIN_ARGS+=(--trainer "$TRAINER")
     if [[ $STRATEGY != uniform ]]; then
         RW_TRAIN_ARGS+=(--reweight-r "$REWEIGHT_R" --reweight-delta "$REWEIGHT_DELTA"
             --reweight-warmup-iters "$REWEIGHT_WARMUP_ITERS" --reweight-warmup-mode "$REWEIGHT_WARMUP_MODE"

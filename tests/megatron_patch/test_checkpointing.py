@@ -70,7 +70,7 @@ def _main_weights_follow_the_loaded_weights(root, extra):
         return (config, *build_model_and_optimizer(gpt_model_provider, config))
 
     _, model, optimizer, _ = built()
-    checkpointing._give_optimizer_state(optimizer)  # a distributed optimizer saves only once it has state
+    checkpointing.give_optimizer_state(optimizer)  # a distributed optimizer saves only once it has state
     with torch.no_grad():
         for param in model.parameters():
             param.add_(1.0)  # far from any initialisation

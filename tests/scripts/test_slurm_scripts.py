@@ -138,6 +138,13 @@ def test_environment_overrides_and_extra_arguments_win():
     assert f["--train-iters"] == "100" and f["--lr"] == "1e-3" and f["--lr-warmup-iters"] == "5"
 
 
+@pytest.mark.parametrize("script", ["llama-1.4b", "gpt2-small"])
+def test_trainer_through_the_environment(script):
+    """TRAINER=megatron-lm passes --trainer (Megatron-LM's loop); the default passes nothing (our loop)."""
+    assert "--trainer" not in flags(print_cmd(script, MOCK_DATA=1))
+    assert flags(print_cmd(script, MOCK_DATA=1, TRAINER="megatron-lm"))["--trainer"] == "megatron-lm"
+
+
 @pytest.mark.parametrize("script", ["gpt2-small", "gpt2-medium", "gpt2-large"])
 def test_the_papers_gpt2_data_through_the_environment(script, tmp_path):
     from megatron_patch.arguments import resolve_config
