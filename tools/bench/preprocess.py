@@ -3,7 +3,8 @@
     python tools/bench/preprocess.py --rounds 5 --workers 2 --megabytes 16        # SentencePiece
     python tools/bench/preprocess.py --rounds 5 --workers 2 --tokenizer-type GPT2BPETokenizer \\
         --vocab-file vocab.json --merge-file merges.txt
-    python tools/bench/preprocess.py --rounds 3 --workers 2 --stand-ins /tmp/stand_ins   # every type
+    python tools/bench/preprocess.py --rounds 5 --workers 2 --stand-ins /tmp/stand_ins   # all five types
+    python tools/bench/preprocess.py --rounds 5 --workers 2 --stand-ins /tmp/s --types NullTokenizer
 
 *Preprocess* is :func:`tools.preprocess_data.preprocess` end to end (read the JSONL, parse,
 tokenise in ``--workers`` processes, write ``.bin``/``.idx``), timed around the call. *Raw* is the
@@ -12,9 +13,17 @@ ceiling: the same texts, already in memory, through the tokenizer's own batch en
 of GPT-2 BPE and Hugging Face, tiktoken's ``encode_batch``; NullTokenizer has none, so one
 thread), no JSON, no I/O. Both count the same tokens (checked). The tokenizer flags are the
 training's; ``--stand-ins DIR`` instead trains stand-in files of every type on the benchmark's
-text (:mod:`tools.data.stand_in_tokenizers`, ``--stand-in-vocab`` pieces) and measures each. The
-input is ``--input``, or the committed fixture corpus repeated to ``--megabytes``. The figure is
-the median over ABBA rounds of ``tokens/s preprocess / tokens/s raw``. Target: >= 0.8.
+text (:mod:`tools.data.stand_in_tokenizers`, ``--stand-in-vocab`` pieces) and measures each
+(``--types``: some of them), then prints the five figures together. The input is ``--input``, or
+the committed fixture corpus repeated to ``--megabytes``. The figure is the median over ABBA
+rounds of ``tokens/s preprocess / tokens/s raw``. Target: >= 0.8.
+
+Each round also prints the CPU seconds of each variant (this process and its worker processes)
+and the load average, and each type the median ratio of CPU time per token, raw / preprocess. On
+a machine busy with other work the benchmark's share of the CPU can fall below one core; then
+neither variant can use its second core and the throughput ratio tends to that CPU ratio (the
+cost of reading, parsing, moving and writing the tokens on top of encoding them), which is the
+figure to compare such runs with.
 """
 
 if not __package__:  # run as a file: the repository root, not tools/bench/, goes first on sys.path
@@ -24,12 +33,13 @@ if not __package__:  # run as a file: the repository root, not tools/bench/, goe
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 
 from megatron_patch.launch import ROOT
-from megatron_patch.tokenizer import add_tokenizer_flags, build_tokenizer, tokenizer_settings
-from tools.bench.abba import interleave, report_ratio
+from megatron_patch.tokenizer import TOKENIZER_TYPES, add_tokenizer_flags, build_tokenizer, tokenizer_settings
+from tools.bench.abba import interleave, report_ratio, spread
 from tools.bench.harness import machine
 from tools.data.fixtures import NAMES, fixture_path
 from tools.preprocess_data import preprocess
@@ -74,38 +84,56 @@ def time_raw(texts: list[str], tokenizer, workers: int) -> tuple[int, float]:
     return sum(len(x) for x in ids), seconds
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its children that have ended (the workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def bench(input_path: str, texts: list[str], settings: dict, workers: int, rounds: int) -> float:
     """The median ratio preprocess / raw of one tokenizer (printed with its spread and the target)."""
     tokenizer = build_tokenizer(**settings)
-    counts = {}
+    counts, cpu = {}, {"preprocess": [], "raw": []}
 
     def run(variant):
+        start = cpu_seconds()
         if variant == "preprocess":
             tokens, seconds = time_preprocess(input_path, settings, workers)
         else:
             tokens, seconds = time_raw(texts, tokenizer, workers)
+        cpu[variant].append(cpu_seconds() - start)
         counts.setdefault(variant, tokens)
-        print(f"  {variant:>10}: {tokens / seconds:10.0f} tokens/s ({tokens} tokens, {seconds:.2f} s)", flush=True)
+        print(f"  {variant:>10}: {tokens / seconds:10.0f} tokens/s ({tokens} tokens, {seconds:.2f} s, "
+              f"{cpu[variant][-1]:.2f} CPU s, load {os.getloadavg()[0]:.1f})", flush=True)
         return tokens / seconds
 
     results = interleave(["preprocess", "raw"], rounds, run)
     if counts["preprocess"] != counts["raw"]:
         raise SystemExit(f"token counts differ: preprocess {counts['preprocess']}, raw {counts['raw']}")
-    return report_ratio(results, "preprocess", "raw", what=f"preprocessing throughput, {settings['tokenizer_type']}",
+    kind = settings["tokenizer_type"]
+    cpu_ratios = [r / p for p, r in zip(cpu["preprocess"], cpu["raw"]) if p > 0]
+    if cpu_ratios:
+        print(f"CPU time per token, {kind} (raw / preprocess, median [min, max] of {len(cpu_ratios)} rounds): "
+              f"{spread(cpu_ratios)}")
+    return report_ratio(results, "preprocess", "raw", what=f"preprocessing throughput, {kind}",
                         unit="tokens/s", target=TARGET, at_most=False)
 
 
-def stand_in_settings(directory: str, texts: list[str], vocab_size: int) -> dict:
-    """Stand-ins of every type trained on (at most 8 MB of) the distinct ``texts``; NullTokenizer reads ids as text."""
-    from tools.data.stand_in_tokenizers import write_tokenizer_files
+def stand_in_settings(directory: str, texts: list[str], vocab_size: int, types=TOKENIZER_TYPES) -> dict:
+    """Stand-ins of the ``types`` trained on (at most 8 MB of) the distinct ``texts``; NullTokenizer reads ids
+    as text (and needs no training)."""
+    from tools.data.stand_in_tokenizers import NULL_STAND_IN, write_tokenizer_files
 
+    if set(types) == {"NullTokenizer"}:
+        return {"NullTokenizer": dict(NULL_STAND_IN)}
     sample, size = [], 0
     for text in dict.fromkeys(texts):
         if size > 8e6:
             break
         sample.append(text)
         size += len(text)
-    return write_tokenizer_files(directory, sample, vocab_size, vocab_size)
+    made = write_tokenizer_files(directory, sample, vocab_size, vocab_size)
+    return {kind: made[kind] for kind in types}
 
 
 def null_input(texts: list[str], out_path: str) -> str:
@@ -126,6 +154,8 @@ def parse_args(argv=None):
                                                       "measure each (instead of the tokenizer flags)")
     p.add_argument("--stand-in-vocab", type=int, default=16000,
                    help="vocabulary of the stand-ins (at most: a small text gives fewer pieces)")
+    p.add_argument("--types", nargs="+", choices=TOKENIZER_TYPES, default=list(TOKENIZER_TYPES),
+                   help="with --stand-ins: the tokenizer types to measure (default: all five)")
     add_tokenizer_flags(p)
     p.epilog = f"default --tokenizer-model for SentencePieceTokenizer: {DEFAULT_TOKENIZER}"
     return p.parse_args(argv)
@@ -149,10 +179,14 @@ def main(argv=None):
         if not args.stand_ins:
             return bench(input_path, texts, settings, args.workers, args.rounds)
         ratios = {}
-        for kind, stand_in in stand_in_settings(args.stand_ins, texts, args.stand_in_vocab).items():
+        for kind, stand_in in stand_in_settings(args.stand_ins, texts, args.stand_in_vocab, args.types).items():
             path = null_input(texts, os.path.join(tmp, "ids.jsonl")) if kind == "NullTokenizer" else input_path
             print(f"{kind}: {build_tokenizer(**stand_in).vocab_size} ids", flush=True)
             ratios[kind] = bench(path, read_texts(path), stand_in, args.workers, args.rounds)
+        print(f"preprocess / raw tokens/s, {args.workers} worker(s), median of {args.rounds} rounds "
+              f"(target >= {TARGET}):")
+        for kind, ratio in ratios.items():
+            print(f"  {kind:<24} {ratio:.3g}  {'met' if ratio >= TARGET else 'NOT met'}")
         return ratios
 
 

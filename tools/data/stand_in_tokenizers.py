@@ -11,6 +11,8 @@ import json
 import os
 
 EOT = "<|endoftext|>"
+# NullTokenizer reads ids as text: no file, 1000 ids (999 is its EOD).
+NULL_STAND_IN = {"tokenizer_type": "NullTokenizer", "vocab_size": 1000}
 
 
 def bytes_to_unicode() -> dict:
@@ -69,5 +71,5 @@ def write_tokenizer_files(out_dir: str, texts, vocab_size: int = 700, sentencepi
                              "merge_file": os.path.join(gpt2_dir, "merges.txt")},
         "HuggingFaceTokenizer": {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": hf_dir},
         "TikTokenizer": {"tokenizer_type": "TikTokenizer", "tokenizer_model": tiktoken_path},
-        "NullTokenizer": {"tokenizer_type": "NullTokenizer", "vocab_size": 1000},
+        "NullTokenizer": dict(NULL_STAND_IN),
     }

@@ -62,3 +62,24 @@ def test_bench_preprocess_repeats_fixtures_to_size(tmp_path):
     # whole copies of the fixture corpus, in order, then the start of the next copy
     one_copy = [t for name in sorted(NAMES) for t in preprocess.read_texts(fixture_path(name))]
     assert texts[: len(one_copy)] == one_copy and texts == (one_copy * (len(texts) // len(one_copy) + 1))[: len(texts)]
+
+
+def test_bench_every_tokenizer_type_in_one_command(tmp_path, capsys):
+    """--stand-ins measures all five types in one call (stand-ins trained on the input) and prints the
+    five figures together; each type's preprocessed tokens equal its raw encoding's (checked inside)."""
+    ratios = preprocess.main(["--stand-ins", str(tmp_path / "stand_ins"), "--megabytes", "0.05", "--rounds", "1",
+                              "--workers", "2", "--stand-in-vocab", "400"])
+    assert list(ratios) == ["SentencePieceTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer", "TikTokenizer",
+                            "NullTokenizer"]
+    out = capsys.readouterr().out
+    summary = out[out.index("preprocess / raw tokens/s, 2 worker(s), median of 1 rounds (target >= 0.8):"):]
+    for kind, ratio in ratios.items():
+        assert ratio > 0 and f"  {kind:<24} {ratio:.3g}  " in summary
+        assert f"CPU time per token, {kind} (raw / preprocess, median [min, max] of 1 rounds): " in out
+
+
+def test_bench_types_selects_some_and_null_needs_no_training(tmp_path, capsys):
+    ratios = preprocess.main(["--stand-ins", str(tmp_path / "s"), "--types", "NullTokenizer", "--megabytes", "0.05",
+                              "--rounds", "1", "--workers", "1"])
+    assert list(ratios) == ["NullTokenizer"] and not (tmp_path / "s").exists()
+    assert "CPU s, load " in capsys.readouterr().out
