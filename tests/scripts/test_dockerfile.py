@@ -138,7 +138,8 @@ def test_requirements_of_the_pinned_packages_are_in_the_image(stack):
     pins = pinned_by_pip(STACKS[stack]["build_args"])
     direct = {name for name in pins if name in requirement_pins(REQUIREMENTS, STACKS[stack]["tested_on"])}
     for name in direct:
-        assert metadata.version(name).split("+")[0] == pins[name], f"this environment has {name} {metadata.version(name)}"
+        have = metadata.version(name).split("+")[0]
+        assert have == pins[name], f"this environment has {name} {have}"
     needed, todo = set(direct), sorted(direct)
     while todo:
         name = todo.pop()
@@ -148,7 +149,7 @@ def test_requirements_of_the_pinned_packages_are_in_the_image(stack):
             dep = canonicalize_name(req.name)
             assert dep in pins or dep in BASE_IMAGE_PROVIDES, f"{name} needs {req}, the image never installs it"
             if dep in pins:
-                assert req.specifier.contains(pins[dep], prereleases=True), f"{name} needs {req}, the image has {pins[dep]}"
+                assert req.specifier.contains(pins[dep], prereleases=True), f"{name} needs {req}, image: {pins[dep]}"
                 if dep not in needed:
                     needed.add(dep)
                     todo.append(dep)

@@ -63,12 +63,12 @@ def test_several_files_globs_and_directories_in_order(tmp_path, tokenizer_model)
     """The documents split over a directory's .jsonl.zst and .parquet (read in path order), or over a
     glob, train the model of the one .jsonl holding them in that order; other files are not read."""
     records = [{"text": t} for t in fixture_texts()]
-    half = len(records) // 2
-    (tmp_path / "shards").mkdir()
-    write_corpus(tmp_path / "shards" / "a.jsonl.zst", records[:half])
-    write_corpus(tmp_path / "shards" / "b.parquet", records[half:])
-    (tmp_path / "shards" / "README.txt").write_text("not a corpus file")
-    for inputs in ([str(tmp_path / "shards")], [str(tmp_path / "shards" / "a.*"), str(tmp_path / "shards" / "*.parquet")]):
+    half, shards = len(records) // 2, tmp_path / "shards"
+    shards.mkdir()
+    write_corpus(shards / "a.jsonl.zst", records[:half])
+    write_corpus(shards / "b.parquet", records[half:])
+    (shards / "README.txt").write_text("not a corpus file")
+    for inputs in ([str(shards)], [str(shards / "a.*"), str(shards / "*.parquet")]):
         out = str(tmp_path / "tok.model")
         train_tokenizer(inputs, out, vocab_size=512, num_threads=1)
         assert pieces(out) == pieces(tokenizer_model), inputs
