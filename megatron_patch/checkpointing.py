@@ -2,9 +2,11 @@
 
 Layout under ``--save``::
 
-    iter_0000100/                      dist_checkpointing directory (model + optimizer shards,
-                                       common.pt with the loop state of :class:`LoopState`)
+    iter_0000100/                      dist_checkpointing directory (model + optimizer shards and
+                                       the loop state of :class:`LoopState`: in common.pt under
+                                       megatron-core 0.16.1, inside the .distcp files under 0.19)
     iter_0000100/rng/rank_00003.pt     each rank's RNG states
+    iter_0000100/versions.json         the torch and megatron-core versions that wrote it
     latest_checkpointed_iteration.txt  written last, atomically, after every rank finished
 
 ``run.json`` beside them is the run record (every resolved setting, package versions, git commit,
@@ -21,11 +23,17 @@ data-parallel size or data blend differs from this run's: a different DP size ch
 reweighting group (micro batch x DP samples) and the data order, a different blend silently
 repeats or skips data (Megatron-LM issue 457). ``--override-data-blend`` accepts a new blend
 knowingly; the consumed samples are then counted against the new blend.
+
+Across megatron-core versions: 0.19 loads a checkpoint that 0.16.1 wrote (it still reads
+common.pt; tests/e2e/test_cross_version.py), 0.16.1 cannot load one of 0.19 and refuses it in one
+line before reading any tensor.
 """
 
 import dataclasses
 import importlib.metadata
+import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -35,10 +43,15 @@ from megatron.core import dist_checkpointing
 from .distributed import print_rank0, rng_state, set_rng_state
 from .errors import ArgumentError, one_line
 from .files import write_atomically, write_json_atomically
+from .version_guard import installed_version
 
 MARKER = "latest_checkpointed_iteration.txt"
 PARTIAL = ".partial"  # suffix of a checkpoint directory still being written
 FORMAT_TAG = "megatron-reweighting-v1"
+VERSIONS = "versions.json"  # in each checkpoint directory: who wrote it
+# Before this release megatron-core reads a checkpoint's common state only from common.pt
+# (0.16.1); 0.19 writes it into the .distcp files instead and reads both.
+COMMON_STATE_IN_DISTCP = (0, 19)
 
 
 @dataclasses.dataclass
@@ -100,8 +113,33 @@ def check_load_dir(load: str, save: str | None) -> None:
     _read_common(load, checkpoint_dir(load, iteration))
 
 
+def _release(version: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _refuse_newer_format(root: str, path: str) -> None:
+    """One line for a checkpoint this megatron-core cannot read: its common state is inside the
+    .distcp files (written by 0.19), and this release reads only common.pt."""
+    installed = installed_version()
+    if _release(installed) >= COMMON_STATE_IN_DISTCP or not os.path.isdir(path):
+        return
+    names = os.listdir(path)
+    if "common.pt" in names or not any(name.endswith(".distcp") for name in names):
+        return  # readable, or not a dist_checkpointing directory at all (_read_common says so)
+    try:
+        with open(os.path.join(path, VERSIONS)) as f:
+            written = json.load(f).get("megatron-core") or "0.19 or newer"
+    except (OSError, ValueError):  # imported weights, or saved before versions.json existed
+        written = "0.19 or newer"
+    raise ArgumentError(f"--load {root}: {path} was written by megatron-core {written}, which keeps its common "
+                        f"state inside the .distcp files; megatron-core {installed} reads only common.pt and cannot "
+                        "load it: resume it under megatron-core 0.19 (Python >= 3.12; make test builds .venv312)")
+
+
 def _read_common(root: str, path: str) -> dict:
     """The common (non-sharded) state of checkpoint ``path``, refused unless it carries our format tag."""
+    _refuse_newer_format(root, path)
     try:
         common = dist_checkpointing.load_common_state_dict(path)
     except Exception as err:  # noqa: BLE001 - no readable common state: not ours, or damaged
@@ -181,6 +219,8 @@ def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) ->
     dist_checkpointing.save(sharded, partial)
     os.makedirs(os.path.join(partial, "rng"), exist_ok=True)
     torch.save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
+    if rank == 0:
+        write_json_atomically(os.path.join(partial, VERSIONS), _versions(), indent=1)
     torch.distributed.barrier()
     if rank == 0:
         if os.path.exists(path):  # complete but never marked (killed before the marker), or damaged
@@ -286,11 +326,12 @@ def _git_commit() -> str | None:
 
 def _versions() -> dict:
     versions = {}
-    for package in ("torch", "megatron-core", "numpy", "sentencepiece", "transformer-engine"):
+    for package in ("torch", "numpy", "sentencepiece", "transformer-engine"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
+    versions["megatron-core"] = installed_version()  # its package_info: a wheel or a source checkout alike
     return versions
 
 

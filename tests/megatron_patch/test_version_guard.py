@@ -53,7 +53,8 @@ def test_pins_setup_py_and_the_guard_agree(python):
     [wanted] = [r for r in _megatron_core_requirements(ast.literal_eval(install_requires))
                 if r.marker is None or r.marker.evaluate(env)]
     lines = [line.split("#")[0].strip() for line in (ROOT / "requirements-cpu.txt").read_text().splitlines()]
-    [pinned] = [r for r in _megatron_core_requirements(filter(None, lines)) if r.marker is None or r.marker.evaluate(env)]
+    [pinned] = [r for r in _megatron_core_requirements(filter(None, lines))
+                if r.marker is None or r.marker.evaluate(env)]
     [version] = [spec.version for spec in pinned.specifier if spec.operator == "=="]
     assert is_supported(version) and wanted.specifier.contains(version)
     hint = install_requirement(tuple(map(int, python.split("."))))
