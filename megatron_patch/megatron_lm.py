@@ -206,10 +206,12 @@ def pretrain(config: RunConfig, tokenizer, datasets_provider, model_provider, fo
     from megatron.training.arguments import parse_and_validate_args
 
     from .cpu_compat import apply_megatron_lm_cpu_shims
-    from .distributed import initialize_distributed
+    from .distributed import initialize_distributed, print_rank0
 
     resolved = config
     initialize_distributed(config.parallel, seed=config.training.seed)  # the groups Megatron-LM keeps
+    print_rank0("note: --trainer megatron-lm: Megatron-LM's loop logs, checkpoints and evaluates; our loop's "
+                "metrics file and weight-collapse warnings do not run in it (docs/upstream.md)")
     apply_megatron_lm_cpu_shims()
     use_shipped_dataset_helpers()
     repair_distributed_optimizer_load()

@@ -1,7 +1,12 @@
-"""pretrain_llama.py with two test hooks: Megatron-LM's stock loss, and a record of every micro-batch loss.
+"""pretrain_llama.py with three test hooks: Megatron-LM's stock loss, its JIT warm-up's random draws undone,
+and a record of every micro-batch loss.
 
     RW_STOCK_LOSS=1      the forward step returns Megatron-LM pretrain_gpt.py's loss_func (the masked
                          token-loss sum, its token count, {"lm loss": [sum, count]}) instead of ours
+    RW_UNDO_WARMUP_DRAWS=1
+                         --trainer megatron-lm: the torch generator is restored after Megatron-LM's
+                         ``set_jit_fusion_options``, whose JIT warm-up draws random tensors after the
+                         seeds are set (our loop has no warm-up, so dropout would draw other masks)
     RW_LOSS_RECORD=PATH  each rank appends "<loss as float.hex> <num_tokens>" per training micro-batch
                          to PATH.<rank>
 
@@ -50,7 +55,22 @@ def forward_step(data_iterator, model, *, loss):
     return output_tensor, (recorded(loss_func, path) if path else loss_func)
 
 
+def undo_warmup_draws():
+    from megatron.training import training as mlm_training
+
+    warm_up = mlm_training.set_jit_fusion_options
+
+    def set_jit_fusion_options(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return warm_up(*args, **kwargs)
+
+    mlm_training.set_jit_fusion_options = set_jit_fusion_options
+
+
 if __name__ == "__main__":
     from megatron_patch.training import pretrain
+
+    if os.environ.get("RW_UNDO_WARMUP_DRAWS"):
+        undo_warmup_draws()
 
     pretrain(pretrain_gpt.datasets_provider, pretrain_gpt.model_provider, forward_step, family="llama")
