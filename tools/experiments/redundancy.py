@@ -1,6 +1,6 @@
 """The paper's mechanism, controlled: does LinUpper's advantage grow with the share of repeated data?
 
-    python tools/experiments/redundancy.py            # the full grid: 27 runs, about 30 minutes on 2 cores
+    python tools/experiments/redundancy.py            # the full grid: 27 runs (100 minutes on a busy 2-core VM)
     python tools/experiments/redundancy.py --quick    # committed fixture text, 4 short runs (the suite runs it)
 
 The training stream mixes the demo corpus's ordinary domains (natural mixture) with a **redundant
@@ -35,8 +35,8 @@ from tools.demo.run import prepare, training_target
 
 # The grid and recipe of docs/redundancy.md, fixed there before the first full run: the demo's tiny
 # Llama and optimiser, sequence 128, micro batch 8 x DP 2 (a reweighting group of 16), 100
-# iterations (about a minute a run on 2 idle cores, start-up included), validation 4 times on 2
-# batches per domain. --quick: the shares 0 and 50 %, r = 1, one seed, 10 iterations of 4 x 64.
+# iterations (estimated at a minute a run on 2 idle cores, start-up included; 128-487 s measured
+# on a busy VM, docs/redundancy.md), validation 4 times on 2 batches per domain. --quick: the shares 0 and 50 %, r = 1, one seed, 10 iterations of 4 x 64.
 FULL = dict(shares=(0, 25, 50), rs=(0.5, 1.0), seeds=(1234, 1235, 1236),
             iters=100, micro=8, seq=128, log=5, eval_iters=2, evals=4)
 QUICK = dict(shares=(0, 50), rs=(1.0,), seeds=(1234,), iters=10, micro=4, seq=64, log=2, eval_iters=1, evals=2)
@@ -186,7 +186,7 @@ def _main(argv: list) -> None:
     context = {"grid": {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()},
                "redundant_stream": stream, "ordinary_blend": ordinary, "machine": machine(),
                "date": datetime.date.today().isoformat(), "wall_s": round(time.time() - started, 1),
-               "command": "python tools/experiments/redundancy.py " + " ".join(argv)}
+               "command": " ".join(["python tools/experiments/redundancy.py", *argv])}
     summary = write_report(runs, out, context)
     for line in summary["verdict"]:
         log(line)
