@@ -205,8 +205,9 @@ def check_megatron_core(required: dict[str, dict[str, tuple[str, ...]]] = REQUIR
     problems = find_mismatches(required)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        installed = "megatron-core" if version == "unknown" else f"megatron-core {version}"
         raise MegatronVersionError(
-            f"megatron-core {version} lacks what this project relies on: {shown}. "
+            f"{installed} lacks what this project relies on: {shown}. "
             f"Supported megatron-core versions: {supported_text()}."
         )
 
