@@ -74,7 +74,8 @@ def verdict(shares: dict) -> tuple:
         lines.append(f"{label} - uniform, final mean validation loss: {per_share}.")
         ahead = [s for s, a, x in zip(order, advantage, exceeds) if x and a > 0]
         behind = [s for s, a, x in zip(order, advantage, exceeds) if x and a < 0]
-        lines.append(f"{label}: the advantage {'grows' if grows else 'does not grow'} with the redundant share; "
+        trend = {True: "grows", False: "does not grow", None: "has one share, so no trend"}[grows]
+        lines.append(f"{label}: the advantage {trend} with the redundant share; "
                      f"beyond {SIGNIFICANT:g} standard errors LinUpper is ahead at "
                      f"{', '.join(f'{s}%' for s in ahead) or 'no share'} and behind at "
                      f"{', '.join(f'{s}%' for s in behind) or 'no share'}; from {order[0]}% to {order[-1]}% the "

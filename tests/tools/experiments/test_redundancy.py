@@ -1,7 +1,8 @@
 """tools/experiments/redundancy.py: the blend, bad input, the report's rules, and ``--quick`` end to end.
 
-The end-to-end test (4 two-process runs on the fixture text, about 1.5 minutes on 2 cores) checks
-that every number of the report is finite and is the one its runs' metrics files give.
+The end-to-end test (2 two-process runs on the fixture text; the file took 55 s on the 2-core VM at
+load 3 to 5) checks that every number of the report is finite and is the one its runs' metrics
+files give.
 """
 
 import json
@@ -112,8 +113,7 @@ def test_e2e_quick(tmp_path):
     assert f"report: {out / 'summary.md'}" in proc.stdout
     summary = json.load(open(out / "summary.json"))
     rows = summary["runs"]
-    assert [(r["share"], r["label"]) for r in rows] == [(0, "uniform"), (0, "linupper r=1"), (50, "uniform"),
-                                                       (50, "linupper r=1")]
+    assert [(r["share"], r["label"]) for r in rows] == [(50, "uniform"), (50, "linupper r=1")]
     for row in rows:  # each run's numbers are its metrics file's
         train, valid = read_metrics(row["metrics"], "train"), read_metrics(row["metrics"], "valid")
         assert row["final_valid_loss"] == valid[-1]["loss"] and math.isfinite(row["final_valid_loss"])
@@ -123,18 +123,17 @@ def test_e2e_quick(tmp_path):
         assert abs(row["redundant_token_share"] - row["share"] / 100) < 0.15
         weights = [r["domains"]["redundant"]["weight_share"] for r in train if r.get("reweight r") is not None
                    and "weight_share" in r["domains"].get("redundant", {})]
-        if row["label"] == "uniform" or row["share"] == 0:
+        if row["label"] == "uniform":
             assert row["redundant_weight_share"] is None
         else:
             assert row["redundant_weight_share"] == pytest.approx(statistics.fmean(weights))
             assert 0 < row["redundant_weight_share"] < 1
-    for share in ("0", "50"):  # the differences are those of the runs' final losses
-        u, l = (next(r["final_valid_loss"] for r in rows if r["share"] == int(share) and r["label"] == label)
-                for label in ("uniform", "linupper r=1"))
-        diff = summary["shares"][share]["comparison"]["differences"]["linupper r=1"]["final_valid_loss"]["diff"]
-        assert diff == pytest.approx(l - u)
+    u, l = (row["final_valid_loss"] for row in rows)  # the difference is that of the runs' final losses
+    diff = summary["shares"]["50"]["comparison"]["differences"]["linupper r=1"]["final_valid_loss"]["diff"]
+    assert diff == pytest.approx(l - u)
     facts = summary["facts"]["linupper r=1"]
-    assert all(math.isfinite(a) for a in facts["advantage"]) and facts["shares"] == ["0", "50"]
+    assert facts["shares"] == ["50"] and facts["advantage"] == [pytest.approx(u - l)]
+    assert facts["outcome"].startswith("untested")  # one share and one seed decide nothing
     for name in summary["plots"]:
         assert (out / name).stat().st_size > 5000
     assert "## Verdict" in (out / "summary.md").read_text()
