@@ -1,6 +1,10 @@
 """One-line errors: whatever a library raised, the user sees one short line."""
 
+import pytest
+
 from megatron_patch.errors import one_line
+
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
 
 
 def test_one_line_folds_and_cuts_a_library_message():

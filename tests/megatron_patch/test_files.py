@@ -8,6 +8,8 @@ import pytest
 from megatron_patch import files
 from megatron_patch.files import atomic_outputs, temporary_path, write_atomically, write_json_atomically
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_crash_between_the_two_replaces_never_pairs_new_with_old(tmp_path, monkeypatch):
     bin_path, idx_path = str(tmp_path / "d.bin"), str(tmp_path / "d.idx")

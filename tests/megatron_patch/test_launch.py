@@ -8,6 +8,8 @@ import pytest
 
 from megatron_patch.launch import free_port, run_torchrun, torchrun_command
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_free_port_can_be_bound():
     port = free_port()

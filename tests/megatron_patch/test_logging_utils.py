@@ -3,11 +3,14 @@
 import json
 import math
 
+import pytest
 import torch
 
 from megatron_patch.logging_utils import (MetricsSink, ReportAccumulator, _scalars, console_line, read_metrics,
                                           summarise_train, validation_line)
 from megatron_patch.loss import GROUP_LOSSES
+
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
 
 
 def test_summarise_train_means_and_domains():

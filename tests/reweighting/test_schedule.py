@@ -5,6 +5,8 @@ import pytest
 
 from reweighting import TemperatureSchedule
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_uniform_warmup_then_target():
     s = TemperatureSchedule(target_r=0.4, warmup_iters=3)

@@ -6,6 +6,8 @@ import torch
 
 from reweighting import sample_weights, weight_stats
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_uniform_weights_have_ideal_stats():
     losses = torch.tensor([3.0, 1.0, 2.0, 5.0])

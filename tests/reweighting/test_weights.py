@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from reweighting import STRATEGIES, sample_weights
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 REWEIGHTING = ("linupper", "quadratic", "extremes")
 
 

@@ -11,7 +11,7 @@ from tools.build_corpus import EXACT_COPIES, CorpusConfig, build_corpus, main
 from tools.data.fixtures import read_fixture
 
 
-pytestmark = pytest.mark.usefixtures("no_network")  # all of it works offline
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.one_stack]  # all of it works offline
 
 
 def read_split(corpus, domain, split):

@@ -12,6 +12,8 @@ from tests.helpers.cli import one_error_line
 from tests.tools.helpers import TOOLS, run_python
 from tools.compare_runs import compare, main
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 DOMAINS = ("code", "wiki")
 # label -> per seed: final validation loss per domain, weight share of code, downstream acc
 SEEDS = {"uniform": [({"code": 3.0, "wiki": 4.0}, None, 0.25), ({"code": 3.2, "wiki": 4.1}, None, 0.30)],

@@ -7,6 +7,8 @@ from transformers import AutoTokenizer
 from tests.helpers.tokenizer_files import Reference, fixture_texts, write_tokenizer_files
 from tools.hf_tokenizer import export_tokenizer
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 TEXTS = [t[:5000] for t in fixture_texts()] + ["  two leading spaces", "digits 1234567", "tab\tand\n\nnewlines",
                                               "unicode: ü ß ∑ 🙂 龘", ""]
 

@@ -11,6 +11,8 @@ import setuptools
 from megatron_patch.launch import ROOT
 from tests.tools.helpers import TOOLS
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 @pytest.fixture(scope="module")
 def setup_kwargs():

@@ -11,6 +11,8 @@ from tests.tools.helpers import fixture_texts, write_corpus
 from tools.data.jsonl_documents import BadLineError
 from tools.train_tokenizer import main, train_tokenizer, training_lines
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def pieces(model_path):
     processor = spm.SentencePieceProcessor(model_file=model_path)

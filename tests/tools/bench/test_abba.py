@@ -4,6 +4,8 @@ import pytest
 
 from tools.bench.abba import abba_order, interleave, report_ratio, round_ratios, spread
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_interleave_runs_rounds_in_abba_order():
     calls = []

@@ -5,6 +5,8 @@ import pytest
 from tests.tools.helpers import fake_training_runs
 from tools.bench import group, overhead
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_group_cost_ratio_from_metrics_files(monkeypatch, capsys):
     ms = {"global-batch": iter([130.0, 140.0, 136.0]), "micro-batch": iter([100.0, 100.0, 100.0])}

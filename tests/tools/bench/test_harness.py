@@ -8,6 +8,8 @@ import pytest
 from megatron_patch.logging_utils import read_metrics
 from tools.bench.harness import machine, runs_parser, split_extra, steady_ms_per_iter, synthetic_batch
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_steady_ms_per_iter_leaves_out_warmup(tmp_path):
     path = tmp_path / "m.jsonl"

@@ -5,6 +5,8 @@ import pytest
 from tests.tools.helpers import fake_training_runs
 from tools.bench import overhead
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 
 def test_bench_overhead_ratio_from_metrics_files(monkeypatch, capsys):
     """The driver: per-round medians from each run's metrics file, median of the round ratios."""

@@ -7,7 +7,7 @@ import pytest
 
 from tools.data.archives import SOTU, Archive, fetch_archive, sha256_of
 
-pytestmark = pytest.mark.usefixtures("no_network")
+pytestmark = [pytest.mark.usefixtures("no_network"), pytest.mark.one_stack]
 
 
 def test_a_cached_archive_with_the_pinned_sha256_is_used(tmp_path):

@@ -3,7 +3,11 @@
 import hashlib
 import os
 
+import pytest
+
 from tools.data.corpus_documents import Document, hash_order, read_jsonl, size, take_bytes, text_bytes, write_jsonl
+
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
 
 DOCS = [Document(f"d/{i}", "\u00e9" * i) for i in range(1, 6)]  # 2, 4, ..., 10 bytes
 

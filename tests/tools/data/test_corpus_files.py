@@ -12,6 +12,8 @@ from tests.tools.helpers import write_corpus
 from tools.data.corpus_files import expand_inputs, iter_texts, read_tasks
 from tools.data.jsonl_documents import BadLineError, BadLineReport
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 RECORDS = [{"text": f"document {i} " + "word " * (i % 7), "meta": {"redpajama_set_name": "RedPajamaC4"}}
            for i in range(50)]
 

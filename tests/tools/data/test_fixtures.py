@@ -3,7 +3,11 @@
 import json
 import os
 
+import pytest
+
 from tools.data.fixtures import FIXTURE_DIR, NAMES, fixture_path, read_fixture
+
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
 
 
 def test_every_fixture_file_is_named_and_documented():

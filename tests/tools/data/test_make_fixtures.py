@@ -1,7 +1,11 @@
 """tools/data/make_fixtures.py: excerpts end at a blank line, small documents fill a budget in hash order."""
 
+import pytest
+
 from tools.data.corpus_documents import Document, hash_order
 from tools.data.make_fixtures import SEED, excerpt, small_documents
+
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
 
 
 def test_excerpt_cuts_at_the_last_blank_line_before_the_limit():

@@ -12,6 +12,8 @@ import torch
 from tools.demo.run import QUICK
 from tools.demo.report import domain_names, load_runs, summarise, weight_share_vs_data_share, write_report
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 DOMAINS = ("clean", "redundant")
 MANIFEST = {
     "tokens": {"train": 1000, "valid": 100},

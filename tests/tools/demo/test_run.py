@@ -2,8 +2,12 @@
 
 import math
 
+import pytest
+
 from megatron_patch.logging_utils import console_line, validation_line
 from tools.demo import run as demo
+
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
 
 
 def test_progress_lines_parse_the_loop_output(capsys):

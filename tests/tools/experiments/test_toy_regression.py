@@ -12,6 +12,8 @@ import torch
 from reweighting import STRATEGIES
 from tools.experiments.toy_regression import ToyConfig, batch_order, expected_test_loss, main, make_problem, run, train
 
+pytestmark = pytest.mark.one_stack  # nothing here depends on megatron-core: the second stack skips it (pytest.ini)
+
 SEEDS = (0, 1, 2, 3, 4)
 
 
