@@ -216,9 +216,7 @@ def apply_megatron_lm_cpu_shims() -> bool:
       run (whose generator was restored from the checkpoint, then moved by the draw) used other
       dropout masks than the uninterrupted run. Each loader gets a private generator instead
       (our loop's ``batch_iterator`` does the same).
-    - ``torch.cuda.set_device`` and ``get_device_properties``: argument validation reads the device
-      (SM count, name) for TP settings; the CPU has no device to set or describe: a no-op and a
-      stand-in with zero SMs.
+    - ``torch.cuda.set_device``: the CPU has no device to set: a no-op.
     """
     if not apply_cpu_shims():
         return False

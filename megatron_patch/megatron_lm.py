@@ -30,6 +30,24 @@ from .arguments import SECTIONS
 from .config import RunConfig, build_section, flag_name
 from .errors import ArgumentError
 from .loss import ReweightConfig, SampleLoss, add_reweight_args, check_reweighting_supported
+from .version_guard import find_mismatches, installed_version
+
+# What this module and its shims call in megatron.training (0.19.2), checked before any group
+# exists (version_guard's pattern): a renamed symbol is one line, not an AttributeError per rank.
+REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
+    "megatron.training": {"get_args": ()},
+    "megatron.training.arguments": {"add_megatron_arguments": ("parser",),
+                                    "parse_and_validate_args": ("extra_args_provider",)},
+    "megatron.training.argument_utils": {"pretrain_cfg_container_from_args": ("args",)},
+    "megatron.training.initialize": {"_compile_dependencies": ()},
+    "megatron.training.training": {
+        "pretrain": ("cfg_container", "train_valid_test_dataset_provider", "model_type", "forward_step_func",
+                     "model_provider", "skip_model_parallel_init"),
+        "initialize_megatron": ("allow_no_cuda",),
+        "build_pretraining_data_loader": (),
+        "load_checkpoint": ("ddp_model", "optimizer", "opt_param_scheduler"),
+    },
+}
 
 # Our fields that are not Megatron-LM flags but are consumed before its loop starts (by our
 # datasets provider, our tokenizer, our presets): nothing is dropped by not passing them on.
@@ -59,8 +77,6 @@ def megatron_lm_available() -> bool:
 def check_supported(config: RunConfig, argv: list[str]) -> None:
     """Refuse what cannot run in Megatron-LM's loop, naming the flags (one line)."""
     if not megatron_lm_available():
-        from .version_guard import installed_version
-
         raise ArgumentError(f"--trainer megatron-lm needs Megatron-LM's loop (megatron.training), which megatron-core "
                             f">= 0.17 ships on Python >= 3.12; this is megatron-core {installed_version()}: "
                             f"drop --trainer megatron-lm or install megatron-core 0.19")
@@ -70,13 +86,15 @@ def check_supported(config: RunConfig, argv: list[str]) -> None:
     refused += [f"{f} (our loop's weight-health checks)" for f in sorted(given) if f.startswith("--weight-collapse-")]
     if refused:
         raise ArgumentError(f"--trainer megatron-lm: not in Megatron-LM's loop: {'; '.join(refused)}; drop them")
+    missing = find_mismatches(REQUIRED)
+    if missing:
+        raise ArgumentError(f"--trainer megatron-lm: megatron-core {installed_version()}'s megatron.training lacks "
+                            f"what it relies on: {'; '.join(missing[:5])}; install megatron-core 0.19")
     megatron_lm_argv(config)  # every other flag has a Megatron-LM spelling
 
 
-def check_load_dir(load: str | None, save: str | None) -> None:
+def check_load_dir(load: str, save: str | None) -> None:
     """Refuse a ``--load`` that Megatron-LM's loop cannot resume: nothing there, or our loop's checkpoint."""
-    if not load:
-        return
     iteration = checkpointing.read_marker(load)
     if iteration is None:
         checkpointing.check_load_dir(load, save)  # the same "no checkpoint there" rule as our loop
@@ -168,13 +186,7 @@ def megatron_lm_argv(config: RunConfig) -> list[str]:
                 argv += [spelled, *map(str, value)]
             else:
                 argv += [spelled, str(value)]
-    return [*argv, "--distributed-backend", "nccl" if _cuda() else "gloo"]
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return [*argv, "--distributed-backend", "nccl" if torch.cuda.is_available() else "gloo"]
 
 
 @functools.cache

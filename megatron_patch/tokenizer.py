@@ -236,11 +236,10 @@ def null_tokenizer(vocab_size: int | None) -> Tokenizer:
         raise ArgumentError("--vocab-size is not set; pass it (NullTokenizer ids are below it), or --tokenizer-model")
     if vocab_size < 2:
         raise ArgumentError(f"--vocab-size {vocab_size}: NullTokenizer needs at least 2 ids (one is EOD)")
-    # megatron-core 0.16's NullTokenizer(n) has n ids plus EOD, 0.19's n ids with EOD the last of
-    # them; ours keeps --vocab-size ids in all, EOD the last, under both.
-    core = _megatron(None, _null_library(), vocab_size=vocab_size - 1)
-    if core.vocab_size == vocab_size - 1:
-        core = _megatron(None, _null_library(), vocab_size=vocab_size)
+    # megatron-core 0.16's "null" NullTokenizer(n) has n ids plus EOD, 0.19's "null-text" n ids with
+    # EOD the last of them; ours keeps --vocab-size ids in all, EOD the last, under both.
+    library = _null_library()
+    core = _megatron(None, library, vocab_size=vocab_size if library == "null-text" else vocab_size - 1)
 
     def check(ids):
         values = np.asarray(ids)

@@ -54,18 +54,11 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config, tokenizer = resolve_config(argv, family=family, world_size=int(os.environ.get("WORLD_SIZE", 1)))
-        if config.training.trainer == "megatron-lm":
+        megatron_lm_loop = config.training.trainer == "megatron-lm"
+        if megatron_lm_loop:
             from . import megatron_lm
 
-            megatron_lm.check_supported(config, argv)
-            check_data_args(config.data)
-            megatron_lm.check_load_dir(config.checkpoint.load, config.checkpoint.save)
-    except ArgumentError as err:
-        refuse(err, rank=int(os.environ.get("RANK", 0)))
-    if config.training.trainer == "megatron-lm":
-        megatron_lm.pretrain(config, tokenizer, datasets_provider, model_provider, forward_step)
-        return
-    try:
+            megatron_lm.check_supported(config, argv)  # refuses --dry-run among what only our loop does
         if config.logging.dry_run:
             report = dry_run_report(config)  # first: a setting it refuses is the only output
             print(json.dumps(config.as_dict(), indent=1, sort_keys=True, default=str))
@@ -74,9 +67,13 @@ def pretrain(datasets_provider, model_provider, forward_step, *, family: str, ar
         # Files are checked here, before any process group, so that a bad path is one line, not a hang.
         check_data_args(config.data)
         if config.checkpoint.load:
-            checkpointing.check_load_dir(config.checkpoint.load, config.checkpoint.save)
+            check_load_dir = megatron_lm.check_load_dir if megatron_lm_loop else checkpointing.check_load_dir
+            check_load_dir(config.checkpoint.load, config.checkpoint.save)
     except ArgumentError as err:
         refuse(err, rank=int(os.environ.get("RANK", 0)))  # every process finds it: one copy of the line
+    if megatron_lm_loop:
+        megatron_lm.pretrain(config, tokenizer, datasets_provider, model_provider, forward_step)
+        return
     initialize_distributed(config.parallel, seed=config.training.seed)
     for flag in no_effect_flags_given(argv, config):
         print_rank0(f"note: {flag} has no effect here (see docs/flags.md)")

@@ -151,3 +151,15 @@ def test_our_loops_checkpoint_is_refused_in_one_line(runs):
     runs("ours uniform")
     line = one_error_line(entry_point("--load", str(runs.tmp / "ours_ckpt")))
     assert "--trainer megatron-core" in line
+
+
+@needs_mlm
+def test_a_missing_megatron_training_symbol_is_one_line(monkeypatch):
+    """A megatron-core whose megatron.training renamed what we call: refused before any group, by name."""
+    from megatron_patch import megatron_lm
+    from megatron_patch.errors import ArgumentError
+    from tests.helpers.config import tiny_config
+
+    monkeypatch.setitem(megatron_lm.REQUIRED, "megatron.training.training", {"pretrain_renamed": ()})
+    with pytest.raises(ArgumentError, match="megatron.training.training.pretrain_renamed"):
+        megatron_lm.check_supported(tiny_config("--trainer", "megatron-lm"), ["--trainer", "megatron-lm"])
