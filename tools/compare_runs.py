@@ -145,19 +145,19 @@ def summarise(runs: dict, baseline: str) -> dict:
     return out
 
 
-def _fmt(stat: dict, digits: int = 4) -> str:
+def fmt(stat: dict, digits: int = 4) -> str:
     if stat["mean"] is None:
         return "-"
     return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
 
 
-def _fmt_diff(d: dict, digits: int = 4) -> str:
+def fmt_diff(d: dict, digits: int = 4) -> str:
     if d["diff"] is None:
         return "-"
     return f"{d['diff']:+.{digits}f}" + (f" ± {d['se']:.{digits}f}" if d["se"] is not None else "")
 
 
-def _table(header: list, rows: list) -> list:
+def table(header: list, rows: list) -> list:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
@@ -169,33 +169,33 @@ def markdown(summary: dict, level: int = 1) -> str:
     lines = [f"{h} Runs compared", "",
              "Mean ± sample standard deviation over seeds (none shown for one seed); differences are to "
              f"`{base}`, ± the standard error of the difference of means.", ""]
-    lines += _table(["label", "seeds", "tokens", "final train lm loss", "final mean validation loss",
+    lines += table(["label", "seeds", "tokens", "final train lm loss", "final mean validation loss",
                      f"difference to {base}"],
-                    [[label, str(len(n["seeds"])), f"{n['tokens']['mean'] or 0:,.0f}", _fmt(n["final_train_loss"]),
-                      _fmt(n["final_valid_loss"]),
-                      _fmt_diff(summary["differences"][label]["final_valid_loss"]) if label != base else ""]
+                    [[label, str(len(n["seeds"])), f"{n['tokens']['mean'] or 0:,.0f}", fmt(n["final_train_loss"]),
+                      fmt(n["final_valid_loss"]),
+                      fmt_diff(summary["differences"][label]["final_valid_loss"]) if label != base else ""]
                      for label, n in labels.items()])
     domains = sorted({d for n in labels.values() for d in n["valid_ppl"]})
     if domains:
         lines += ["", f"{h}# Final validation perplexity per domain", ""]
-        lines += _table(["domain", *labels, *(f"{o} - {base}" for o in others)],
-                        [[d, *(_fmt(n["valid_ppl"][d], 2) if d in n["valid_ppl"] else "-" for n in labels.values()),
-                          *(_fmt_diff(summary["differences"][o]["valid_ppl"].get(d, {"diff": None}), 2) for o in others)]
+        lines += table(["domain", *labels, *(f"{o} - {base}" for o in others)],
+                        [[d, *(fmt(n["valid_ppl"][d], 2) if d in n["valid_ppl"] else "-" for n in labels.values()),
+                          *(fmt_diff(summary["differences"][o]["valid_ppl"].get(d, {"diff": None}), 2) for o in others)]
                          for d in domains])
     for label, n in labels.items():
         if n["weight_share"]:
             lines += ["", f"{h}# Weight share against token share: {label}", "",
                       "Means over the iterations that reweighted; ratio = weight share / token share.", ""]
-            lines += _table(["domain", "token share", "weight share", "ratio"],
-                            [[d, _fmt(n["token_share"][d], 3), _fmt(n["weight_share"][d], 3),
+            lines += table(["domain", "token share", "weight share", "ratio"],
+                            [[d, fmt(n["token_share"][d], 3), fmt(n["weight_share"][d], 3),
                               f"{n['weight_share'][d]['mean'] / n['token_share'][d]['mean']:.3f}"
                               if n["token_share"][d]["mean"] else "-"] for d in sorted(n["weight_share"])])
     keys = sorted({k for n in labels.values() for k in n["downstream"]})
     if keys:
         lines += ["", f"{h}# Downstream (tools/evaluate.py)", ""]
-        lines += _table(["task/metric", *labels, *(f"{o} - {base}" for o in others)],
-                        [[k, *(_fmt(n["downstream"][k]) if k in n["downstream"] else "-" for n in labels.values()),
-                          *(_fmt_diff(summary["differences"][o]["downstream"].get(k, {"diff": None})) for o in others)]
+        lines += table(["task/metric", *labels, *(f"{o} - {base}" for o in others)],
+                        [[k, *(fmt(n["downstream"][k]) if k in n["downstream"] else "-" for n in labels.values()),
+                          *(fmt_diff(summary["differences"][o]["downstream"].get(k, {"diff": None})) for o in others)]
                          for k in keys])
     return "\n".join(lines) + "\n"
 

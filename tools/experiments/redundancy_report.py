@@ -12,6 +12,7 @@ import os
 
 from megatron_patch.files import write_atomically, write_json_atomically
 from tools import compare_runs
+from tools.compare_runs import fmt, fmt_diff, table
 from tools.build_corpus import REDUNDANT
 
 BASELINE = "uniform"
@@ -84,20 +85,6 @@ def verdict(shares: dict) -> tuple:
     return facts, lines
 
 
-def _table(header: list, rows: list) -> list:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def _fmt(stat: dict, digits: int = 4) -> str:
-    if stat["mean"] is None:
-        return "-"
-    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
-
-
-def _diff(d: dict) -> str:
-    return "-" if d["diff"] is None else f"{d['diff']:+.4f}" + (f" ± {d['se']:.4f}" if d["se"] is not None else "")
-
-
 def _markdown(summary: dict) -> str:
     context, shares = summary["context"], summary["shares"]
     grid, stream = context["grid"], context["redundant_stream"]
@@ -118,10 +105,10 @@ def _markdown(summary: dict) -> str:
         labels = s["comparison"]["labels"]
         for label, d in s["comparison"]["differences"].items():
             paired = s["paired"][label]
-            rows.append([f"{share}%", label, _fmt(labels[BASELINE]["final_valid_loss"]),
-                         _fmt(labels[label]["final_valid_loss"]), _diff(d["final_valid_loss"]),
-                         _diff({"diff": paired["mean"], "se": paired["std"]})])
-    lines += _table(["share", "LinUpper", "uniform loss", "LinUpper loss", "LinUpper - uniform", "paired"], rows)
+            rows.append([f"{share}%", label, fmt(labels[BASELINE]["final_valid_loss"]),
+                         fmt(labels[label]["final_valid_loss"]), fmt_diff(d["final_valid_loss"]),
+                         fmt_diff({"diff": paired["mean"], "se": paired["std"]})])
+    lines += table(["share", "LinUpper", "uniform loss", "LinUpper loss", "LinUpper - uniform", "paired"], rows)
     lines += ["", "## The redundant stream: weight share against token share", "",
               "Means over the iterations that reweighted, then over seeds.", ""]
     rows = []
@@ -130,11 +117,12 @@ def _markdown(summary: dict) -> str:
             if label != BASELINE and float(share) > 0:
                 token, weight = r["redundant_token_share"], r["redundant_weight_share"]
                 ratio = weight["mean"] / token["mean"] if weight["mean"] is not None and token["mean"] else None
-                rows.append([f"{share}%", label, _fmt(token, 3), _fmt(weight, 3), "-" if ratio is None else f"{ratio:.3f}"])
-    lines += _table(["share", "run", "token share", "weight share", "ratio"], rows)
+                shown = "-" if ratio is None else f"{ratio:.3f}"
+                rows.append([f"{share}%", label, fmt(token, 3), fmt(weight, 3), shown])
+    lines += table(["share", "run", "token share", "weight share", "ratio"], rows)
     lines += ["", "## Verdict (the rules of docs/redundancy.md)", "", *(f"- {line}" for line in summary["verdict"]),
               "", "## Every run", ""]
-    lines += _table(["share", "run", "seed", "final mean validation loss", "redundant token share",
+    lines += table(["share", "run", "seed", "final mean validation loss", "redundant token share",
                      "redundant weight share", "wall s"],
                     [[f"{r['share']:g}%", r["label"], str(r["seed"]), f"{r['final_valid_loss']:.4f}",
                       f"{r['redundant_token_share']:.3f}",
