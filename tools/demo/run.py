@@ -148,6 +148,7 @@ def main(argv=None) -> None:
                              "and spreads (default 1)")
     parser.add_argument("--iters", type=int, default=None, help="training iterations per run (default 250; 24 with --quick)")
     args = parser.parse_args(argv)
+    args.out = os.path.abspath(args.out)  # the runs start in the repository root, the report reads from here
     recipe = dict(QUICK if args.quick else FULL)
     if args.iters:
         recipe["iters"] = args.iters
