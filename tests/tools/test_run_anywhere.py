@@ -11,7 +11,8 @@ from tests.tools.helpers import TOOLS, run_python
 
 SCRIPTS = ["preprocess_data", "train_tokenizer", "build_corpus", "prepare_data", "prepare_slimpajama",
            "data/make_fixtures", "bench/overhead", "bench/loop", "bench/preprocess", "bench/preprocess_memory",
-           "bench/throughput", "bench/group", "demo/run", "experiments/toy_regression", "experiments/redundancy",
+           "bench/throughput", "bench/group", "bench/trainers", "demo/run", "experiments/toy_regression",
+           "experiments/redundancy",
            "convert_checkpoint", "evaluate", "compare_runs"]
 
 
