@@ -18,9 +18,9 @@ require_megatron_core()
 
 import torch  # noqa: E402
 from megatron.core import parallel_state as ps  # noqa: E402
-from megatron.core.utils import get_batch_on_this_cp_rank  # noqa: E402
 
 from megatron_patch.data import build_datasets  # noqa: E402
+from megatron_patch.groups import split_for_context_parallel  # noqa: E402
 from megatron_patch.model import gpt_model_provider  # noqa: E402
 from megatron_patch.training import pretrain  # noqa: E402
 
@@ -48,7 +48,7 @@ def get_batch(data_iterator) -> dict:
     batch = {key: value.to(device) for key, value in batch.items()}
     if ps.get_context_parallel_world_size() > 1:
         domains = batch.pop("dataset_id", None)  # per sample, not per token: not split
-        batch = get_batch_on_this_cp_rank(batch)
+        batch = split_for_context_parallel(batch, ps.get_context_parallel_group())
         if domains is not None:
             batch["dataset_id"] = domains
     return batch

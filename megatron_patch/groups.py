@@ -9,11 +9,32 @@ or PP the world is not the DP group.
 """
 
 import dataclasses
+import functools
+import inspect
 import math
 
 import torch
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 from reweighting import sample_weights
+
+
+def split_for_context_parallel(batch: dict, cp_group) -> dict:
+    """This CP rank's two chunks of every [b, s] tensor of ``batch`` (megatron-core's load-balanced
+    split of whole sequences) in ``cp_group``.
+
+    The group is passed, never left to megatron-core: 0.19 splits over the world group when it is
+    None. 0.19 also added a required ``is_hybrid_cp`` (hybrid CP, of packed documents); our
+    batches hold whole sequences, so it is off, and 0.16.1 has no such parameter.
+    """
+    if _takes_hybrid_flag():
+        return get_batch_on_this_cp_rank(batch, is_hybrid_cp=False, cp_group=cp_group)
+    return get_batch_on_this_cp_rank(batch, cp_group=cp_group)
+
+
+@functools.cache
+def _takes_hybrid_flag() -> bool:
+    return "is_hybrid_cp" in inspect.signature(get_batch_on_this_cp_rank).parameters
 
 
 def per_sample_loss(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,7 +51,7 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
         "get_context_parallel_world_size": (),
     },
     "megatron.core.pipeline_parallel": {"get_forward_backward_func": ()},
-    "megatron.core.utils": {"get_batch_on_this_cp_rank": ("batch",)},
+    "megatron.core.utils": {"get_batch_on_this_cp_rank": ("batch", "cp_group")},
     "megatron.core.tokenizers": {"MegatronTokenizer": (),
                                  "MegatronTokenizer.from_pretrained": ("tokenizer_path", "metadata_path"),
                                  # NullTokenizer's library name ("null" in 0.16.1, "null-text" in 0.19).

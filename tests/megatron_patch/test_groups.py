@@ -1,16 +1,15 @@
 """The group's collectives under context parallelism, in real gloo CP groups.
 
-Each sample's tokens are split over the CP group the way megatron-core splits a batch
-(``get_batch_on_this_cp_rank``: two chunks per rank, load-balanced). The reweighted loss must
-then equal the one of whole samples: the same per-sample losses and weights on every CP rank, and
+Each sample's tokens are split over the CP group the way the forward step splits a batch
+(``split_for_context_parallel``: megatron-core's ``get_batch_on_this_cp_rank``, two chunks per
+rank, load-balanced). The reweighted loss must then equal the one of whole samples: the same per-sample losses and weights on every CP rank, and
 for every token the gradient the whole-sample reference gives it.
 """
 
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.utils import get_batch_on_this_cp_rank
 
-from megatron_patch.groups import cp_sample_loss
+from megatron_patch.groups import cp_sample_loss, split_for_context_parallel
 from megatron_patch.loss import GROUP_LOSSES, reweighted_loss
 from reweighting import sample_weights
 
@@ -29,7 +28,7 @@ def _whole_group():
 
 def _positions_of_this_cp_rank():
     """Which of the S positions this CP rank holds, in its order (megatron-core's split, applied to 0..S-1)."""
-    return get_batch_on_this_cp_rank({"p": torch.arange(S).unsqueeze(0)})["p"][0]
+    return split_for_context_parallel({"p": torch.arange(S).unsqueeze(0)}, ps.get_context_parallel_group())["p"][0]
 
 
 def check_cp_loss_path():
@@ -38,7 +37,7 @@ def check_cp_loss_path():
     dp_size = ps.get_data_parallel_world_size()
     token_loss, mask = _whole_group()
     rows = slice(dp_rank * B, (dp_rank + 1) * B)
-    local = get_batch_on_this_cp_rank({"t": token_loss[rows], "m": mask[rows]})
+    local = split_for_context_parallel({"t": token_loss[rows], "m": mask[rows]}, ps.get_context_parallel_group())
     assert local["t"].shape == (B, S // cp_size)
     leaf = local["t"].clone().requires_grad_(True)
     cp_group = ps.get_context_parallel_group()
