@@ -9,6 +9,8 @@ import pytest
 from megatron_patch.launch import ROOT
 from tests.tools.helpers import TOOLS, run_python
 
+pytestmark = pytest.mark.one_stack  # paths and --help from another directory, not megatron-core: the second stack skips it (pytest.ini)
+
 SCRIPTS = ["preprocess_data", "train_tokenizer", "build_corpus", "prepare_data", "prepare_slimpajama",
            "data/make_fixtures", "bench/overhead", "bench/loop", "bench/preprocess", "bench/preprocess_memory",
            "bench/throughput", "bench/group", "bench/trainers", "demo/run", "experiments/toy_regression",

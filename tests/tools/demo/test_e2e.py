@@ -9,7 +9,11 @@ import json
 import math
 import os
 
+import pytest
+
 from tests.tools.helpers import TOOLS, run_python
+
+pytestmark = pytest.mark.one_stack  # the demo's own stack is .venv (make demo): the second stack skips it (pytest.ini)
 
 
 def test_e2e_quick_demo(tmp_path):

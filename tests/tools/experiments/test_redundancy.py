@@ -17,6 +17,8 @@ from tests.tools.helpers import TOOLS, run_python
 from tools.experiments import redundancy
 from tools.experiments.redundancy_report import write_report
 
+pytestmark = pytest.mark.one_stack  # an experiment run on .venv (docs/redundancy.md): the second stack skips it (pytest.ini)
+
 
 def test_blend_puts_the_share_on_the_redundant_stream():
     manifest = {"train_data_path": "0.2 /d/a 0.2 /d/b 0.6 /d/redundant", "domains": {
