@@ -1,6 +1,6 @@
 """The paper's mechanism, controlled: does LinUpper's advantage grow with the share of repeated data?
 
-    python tools/experiments/redundancy.py            # the full grid: 27 runs (100 minutes on a busy 2-core VM)
+    python tools/experiments/redundancy.py            # the full grid: 27 runs (20.5 minutes on an idle 2-core VM)
     python tools/experiments/redundancy.py --quick    # committed fixture text, 2 short runs (the suite runs it)
 
 The training stream mixes the demo corpus's ordinary domains (natural mixture) with a **redundant
