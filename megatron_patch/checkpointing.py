@@ -32,6 +32,7 @@ line before reading any tensor.
 import dataclasses
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -200,6 +201,26 @@ def _sharded_state(model, optimizer, is_loading: bool) -> dict:
     return {"model": model_sd, "optimizer": opt_sd}
 
 
+def fork_write_results_queue() -> None:
+    """Start dist_checkpointing's writer-results queue from a forked process, once per process.
+
+    Every torch_dist save reports its writers' results through a ``Manager().Queue()`` that
+    megatron-core makes on first use from a *spawned* process. A spawned interpreter re-imports the
+    training script, megatron-core included, before it serves the queue: about 4 s at a run's first
+    save on a 2-core CPU, on every rank, and as long again to stop it at exit. A forked manager
+    serves the same queue at once; Megatron-LM's own async-checkpoint setup makes it this way
+    (``get_write_results_queue(mp_mode="fork")`` in megatron.training.async_utils, 0.19). The
+    writers themselves are forked by megatron-core on every save either way. Without the module
+    global (another megatron-core layout) nothing changes: megatron-core spawns its own.
+    """
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+    except ImportError:
+        return
+    if getattr(filesystem_async, "_results_queue", ...) is None:
+        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+
+
 def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) -> None:
     """Save on every rank into ``iter_N.partial``; rank 0 renames it and writes the marker after all finished."""
     rank = torch.distributed.get_rank()
@@ -216,6 +237,7 @@ def save_checkpoint(root: str, model, optimizer, state: LoopState, log=print) ->
     sharded = _sharded_state(model, optimizer, is_loading=False)
     sharded["loop"] = dataclasses.asdict(state)
     sharded["format"] = FORMAT_TAG
+    fork_write_results_queue()
     dist_checkpointing.save(sharded, partial)
     os.makedirs(os.path.join(partial, "rng"), exist_ok=True)
     torch.save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))

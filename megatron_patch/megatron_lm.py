@@ -218,13 +218,14 @@ def pretrain(config: RunConfig, tokenizer, datasets_provider, model_provider, fo
     from megatron.training.arguments import parse_and_validate_args
 
     from .cpu_compat import apply_megatron_lm_cpu_shims
-    from .distributed import initialize_distributed, print_rank0
+    from .distributed import initialize_distributed, print_rank0, skip_exit_collection
 
     resolved = config
     initialize_distributed(config.parallel, seed=config.training.seed)  # the groups Megatron-LM keeps
     print_rank0("note: --trainer megatron-lm: Megatron-LM's loop logs, checkpoints and evaluates; our loop's "
                 "metrics file and weight-collapse warnings do not run in it (docs/upstream.md)")
     apply_megatron_lm_cpu_shims()
+    checkpointing.fork_write_results_queue()  # Megatron-LM's saves go through the same writer
     use_shipped_dataset_helpers()
     repair_distributed_optimizer_load()
     data = datasets_provider(config, tokenizer)  # on every rank, as in our loop
@@ -254,5 +255,6 @@ def pretrain(config: RunConfig, tokenizer, datasets_provider, model_provider, fo
     mlm_training.pretrain(pretrain_cfg_container_from_args(args), megatron_lm_datasets_provider,
                           ModelType.encoder_or_decoder, megatron_lm_forward_step, model_provider=megatron_lm_model_provider,
                           skip_model_parallel_init=True)
+    skip_exit_collection()
 
 

@@ -88,3 +88,30 @@ def test_no_load_optim_gives_bf16_main_weights_the_loaded_weights(tmp_path, run_
     # Before: the fp32 main weights kept the new run's initialisation, and the first step wrote it back.
     [gap] = run_distributed(_main_weights_follow_the_loaded_weights, world_size=1, root=tmp_path / "ckpt", extra=extra)
     assert gap == 0.0
+
+
+def _save_twice_and_list_helper_processes(root):
+    """Two saves of a tiny model: the class names of this rank's helper processes after them."""
+    import multiprocessing
+
+    from megatron_patch import checkpointing
+    from megatron_patch.distributed import set_seeds
+    from megatron_patch.model import gpt_model_provider
+    from megatron_patch.training import build_model_and_optimizer
+
+    config = tiny_config()
+    set_seeds(config.training.seed)
+    model, optimizer, _ = build_model_and_optimizer(gpt_model_provider, config)
+    checkpointing.give_optimizer_state(optimizer)
+    for iteration in (1, 2):
+        checkpointing.save_checkpoint(str(root), model, optimizer, LoopState(iteration=iteration, layout={"dp": 1}),
+                                      log=str)
+    return sorted(type(p).__name__ for p in multiprocessing.active_children())
+
+
+def test_saves_start_no_spawned_interpreter(tmp_path, run_distributed):
+    # megatron-core's own writer-results queue lives in a spawned manager (SpawnProcess), which
+    # re-imports the training script and megatron-core before the first save can finish (about 4 s).
+    [children] = run_distributed(_save_twice_and_list_helper_processes, world_size=1, root=tmp_path / "ckpt")
+    assert children == ["ForkProcess"], children  # one forked manager, kept for the second save
+    assert read_marker(str(tmp_path / "ckpt")) == 2
