@@ -210,14 +210,11 @@ def fork_write_results_queue() -> None:
     save on a 2-core CPU, on every rank, and as long again to stop it at exit. A forked manager
     serves the same queue at once; Megatron-LM's own async-checkpoint setup makes it this way
     (``get_write_results_queue(mp_mode="fork")`` in megatron.training.async_utils, 0.19). The
-    writers themselves are forked by megatron-core on every save either way. Without the module
-    global (another megatron-core layout) nothing changes: megatron-core spawns its own.
+    writers themselves are forked by megatron-core on every save either way.
     """
-    try:
-        from megatron.core.dist_checkpointing.strategies import filesystem_async
-    except ImportError:
-        return
-    if getattr(filesystem_async, "_results_queue", ...) is None:
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
         filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
 
 

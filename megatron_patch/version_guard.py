@@ -51,6 +51,10 @@ REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
         "get_context_parallel_world_size": (),
     },
     "megatron.core.pipeline_parallel": {"get_forward_backward_func": ()},
+    # checkpointing.fork_write_results_queue sets the writers' results queue megatron-core keeps.
+    # (the submodule first: importing it makes it an attribute of its package)
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": {"_results_queue": ()},
+    "megatron.core.dist_checkpointing.strategies": {"filesystem_async": ()},
     "megatron.core.utils": {"get_batch_on_this_cp_rank": ("batch", "cp_group")},
     "megatron.core.tokenizers": {"MegatronTokenizer": (),
                                  "MegatronTokenizer.from_pretrained": ("tokenizer_path", "metadata_path"),
@@ -173,6 +177,9 @@ def _missing_params(obj, params: tuple[str, ...]) -> list[str]:
     return [p for p in params if p not in have]
 
 
+_MISSING = object()
+
+
 def find_mismatches(required: dict[str, dict[str, tuple[str, ...]]] = REQUIRED) -> list[str]:
     """Descriptions of every required module, symbol or parameter that is missing."""
     problems = []
@@ -185,8 +192,8 @@ def find_mismatches(required: dict[str, dict[str, tuple[str, ...]]] = REQUIRED) 
         for name, params in symbols.items():
             obj = module
             for part in name.split("."):
-                obj = getattr(obj, part, None)
-            if obj is None:
+                obj = getattr(obj, part, _MISSING)  # a symbol whose value is None is there
+            if obj is _MISSING:
                 problems.append(f"{module_name}.{name}")
                 continue
             missing = _missing_params(obj, params)
