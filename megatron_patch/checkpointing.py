@@ -206,8 +206,8 @@ def fork_write_results_queue() -> None:
 
     Every torch_dist save reports its writers' results through a ``Manager().Queue()`` that
     megatron-core makes on first use from a *spawned* process. A spawned interpreter re-imports the
-    training script, megatron-core included, before it serves the queue: about 4 s at a run's first
-    save on a 2-core CPU, on every rank, and as long again to stop it at exit. A forked manager
+    training script, megatron-core included, before it serves the queue: about 3.5 s at a run's
+    first save on a 2-core CPU, on every rank, and up to a second more to stop it at exit. A forked manager
     serves the same queue at once; Megatron-LM's own async-checkpoint setup makes it this way
     (``get_write_results_queue(mp_mode="fork")`` in megatron.training.async_utils, 0.19). The
     writers themselves are forked by megatron-core on every save either way.
