@@ -225,7 +225,8 @@ def pretrain(config: RunConfig, tokenizer, datasets_provider, model_provider, fo
     print_rank0("note: --trainer megatron-lm: Megatron-LM's loop logs, checkpoints and evaluates; our loop's "
                 "metrics file and weight-collapse warnings do not run in it (docs/upstream.md)")
     apply_megatron_lm_cpu_shims()
-    checkpointing.fork_write_results_queue()  # Megatron-LM's saves go through the same writer
+    if config.checkpoint.save:
+        checkpointing.fork_write_results_queue()  # Megatron-LM's saves go through the same writer
     use_shipped_dataset_helpers()
     repair_distributed_optimizer_load()
     data = datasets_provider(config, tokenizer)  # on every rank, as in our loop
